@@ -1,0 +1,168 @@
+"""InfoNCELoss against a reference written with explicit loops over Python floats, and text_key stability."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train.loss
+from train.loss import InfoNCELoss, text_key
+
+
+def _cosine(u: list[float], v: list[float]) -> float:
+    dot = sum(a * b for a, b in zip(u, v))
+    return dot / (math.sqrt(sum(a * a for a in u)) * math.sqrt(sum(b * b for b in v)))
+
+
+def _row_losses(
+    anchors: list[list[float]],
+    candidates: list[list[float]],
+    anchor_keys: list[int],
+    candidate_keys: list[int],
+    label_of: list[int],
+    temperature: float,
+) -> list[float]:
+    """-log softmax of each anchor's label among candidates, skipping candidates that repeat the label's key."""
+    losses = []
+    for anchor, key, label in zip(anchors, anchor_keys, label_of):
+        denominator = 0.0
+        for index, candidate in enumerate(candidates):
+            if index != label and candidate_keys[index] == key:
+                continue
+            denominator += math.exp(_cosine(anchor, candidate) / temperature)
+        losses.append(-math.log(math.exp(_cosine(anchor, candidates[label]) / temperature) / denominator))
+    return losses
+
+
+def reference_terms(queries, passages, query_keys, passage_keys, temperature):
+    """Per-query forward terms (query -> all passages) and reverse terms (positive -> all queries)."""
+    group = len(passages) // len(queries)
+    positive_rows = [i * group for i in range(len(queries))]
+    positive_keys = [passage_keys[row] for row in positive_rows]
+    forward = _row_losses(queries, passages, positive_keys, passage_keys, positive_rows, temperature)
+    positives = [passages[row] for row in positive_rows]
+    reverse = _row_losses(positives, queries, query_keys, query_keys, list(range(len(queries))), temperature)
+    return forward, reverse
+
+
+def reference_loss(queries, passages, query_keys, passage_keys, temperature, symmetric, rows=None):
+    forward, reverse = reference_terms(queries, passages, query_keys, passage_keys, temperature)
+    rows = range(len(queries)) if rows is None else rows
+    forward_mean = sum(forward[i] for i in rows) / len(rows)
+    reverse_mean = sum(reverse[i] for i in rows) / len(rows)
+    return (forward_mean + reverse_mean) / 2 if symmetric else forward_mean
+
+
+def _batch(num_queries: int, hard_negatives: int, dim: int = 5, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    queries = torch.randn(num_queries, dim, generator=generator, dtype=torch.float64)
+    passages = torch.randn(num_queries * (1 + hard_negatives), dim, generator=generator, dtype=torch.float64)
+    query_keys = torch.tensor([text_key(f"query {i}") for i in range(num_queries)])
+    passage_keys = torch.tensor([text_key(f"passage {i}") for i in range(passages.shape[0])])
+    return queries, passages, query_keys, passage_keys
+
+
+def _loss(queries, passages, query_keys, passage_keys, temperature=0.02, symmetric=False) -> float:
+    return InfoNCELoss(temperature, symmetric)(queries, passages, query_keys, passage_keys).item()
+
+
+def _reference(queries, passages, query_keys, passage_keys, temperature=0.02, symmetric=False, rows=None) -> float:
+    return reference_loss(
+        queries.tolist(), passages.tolist(), query_keys.tolist(), passage_keys.tolist(), temperature, symmetric, rows
+    )
+
+
+def test_single_query_two_orthogonal_passages_by_hand():
+    # cos(q, p+) = 1, cos(q, p-) = 0, t = 0.5: loss = -log(e^2 / (e^2 + e^0)) = log(1 + e^-2).
+    queries = torch.tensor([[3.0, 0.0]], dtype=torch.float64)
+    passages = torch.tensor([[2.0, 0.0], [0.0, 7.0]], dtype=torch.float64)
+    keys = torch.tensor([text_key("q")]), torch.tensor([text_key("p+"), text_key("p-")])
+    assert _loss(queries, passages, *keys, temperature=0.5) == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-12)
+
+
+def test_in_batch_and_hard_negatives_match_reference():
+    batch = _batch(num_queries=3, hard_negatives=2)
+    assert _loss(*batch) == pytest.approx(_reference(*batch), abs=1e-9)
+
+
+def test_no_hard_negatives_match_reference():
+    batch = _batch(num_queries=4, hard_negatives=0, seed=1)
+    assert _loss(*batch) == pytest.approx(_reference(*batch), abs=1e-9)
+
+
+@pytest.mark.parametrize("temperature", [0.02, 0.1, 1.0])
+def test_temperature_matches_reference(temperature):
+    batch = _batch(num_queries=3, hard_negatives=1, seed=2)
+    assert _loss(*batch, temperature=temperature) == pytest.approx(_reference(*batch, temperature=temperature), abs=1e-9)
+
+
+def test_duplicate_positive_text_is_masked():
+    queries, passages, query_keys, passage_keys = _batch(num_queries=3, hard_negatives=1, seed=3)
+    # Query 0's positive (row 0) reappears as query 2's hard negative (row 5) and query 1's positive (row 2).
+    passage_keys = passage_keys.clone()
+    passage_keys[5] = passage_keys[0]
+    passage_keys[2] = passage_keys[0]
+    masked = _loss(queries, passages, query_keys, passage_keys)
+    assert masked == pytest.approx(_reference(queries, passages, query_keys, passage_keys), abs=1e-9)
+    unique_keys = torch.arange(passages.shape[0])
+    assert abs(masked - _loss(queries, passages, query_keys, unique_keys)) > 1e-3
+
+
+def test_symmetric_term_matches_reference_with_duplicate_queries():
+    queries, passages, query_keys, passage_keys = _batch(num_queries=4, hard_negatives=1, seed=4)
+    query_keys = query_keys.clone()
+    query_keys[3] = query_keys[1]
+    loss = _loss(queries, passages, query_keys, passage_keys, temperature=0.05, symmetric=True)
+    assert loss == pytest.approx(
+        _reference(queries, passages, query_keys, passage_keys, temperature=0.05, symmetric=True), abs=1e-9
+    )
+    assert abs(loss - _loss(queries, passages, query_keys, passage_keys, temperature=0.05)) > 1e-3
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_rank_one_of_two_offsets_labels_into_the_gathered_batch(monkeypatch, symmetric):
+    # Simulated collectives: this process plays rank 1 of 2; the gather prepends rank 0's rows.
+    queries, passages, query_keys, passage_keys = _batch(num_queries=4, hard_negatives=2, seed=5)
+    local_queries, local_passages = queries[2:], passages[6:]
+
+    # The loss normalizes before gathering, so rank 0's gathered embeddings arrive normalized.
+    def gather_with_grad(t):
+        source = queries[:2] if t.shape[0] == 2 else passages[:6]
+        return torch.cat([torch.nn.functional.normalize(source, dim=-1), t])
+
+    def gather_keys(t):
+        return torch.cat([query_keys[:2] if t.shape[0] == 2 else passage_keys[:6], t])
+
+    monkeypatch.setattr(train.loss, "_rank", lambda: 1)
+    monkeypatch.setattr(train.loss, "gather_with_grad", gather_with_grad)
+    monkeypatch.setattr(train.loss, "_gather_without_grad", gather_keys)
+    loss = _loss(local_queries, local_passages, query_keys[2:], passage_keys[6:], symmetric=symmetric)
+    expected = _reference(queries, passages, query_keys, passage_keys, symmetric=symmetric, rows=[2, 3])
+    assert loss == pytest.approx(expected, abs=1e-9)
+
+
+def test_inconsistent_shapes_raise():
+    queries, passages, query_keys, passage_keys = _batch(num_queries=3, hard_negatives=1)
+    with pytest.raises(ValueError, match="passages"):
+        InfoNCELoss()(queries, passages[:-1], query_keys, passage_keys[:-1])
+    with pytest.raises(ValueError, match="passage_keys"):
+        InfoNCELoss()(queries, passages, query_keys, passage_keys[:-1])
+
+
+def test_text_key_is_stable_across_processes_and_fits_int64():
+    texts = ["hello", "hello ", "Hello", "échos", ""]
+    keys = [text_key(t) for t in texts]
+    assert len(set(keys)) == len(texts)
+    assert all(0 <= k < 2**63 for k in keys)
+    torch.tensor(keys, dtype=torch.int64)
+    # Python's own hash() differs between these processes; text_key must not.
+    program = f"from train.loss import text_key; print([text_key(t) for t in {texts!r}])"
+    environment = dict(os.environ, PYTHONHASHSEED="12345")
+    output = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, env=environment, cwd=Path(__file__).resolve().parents[1]
+    ).stdout
+    assert output.strip() == str(keys)

@@ -1,0 +1,151 @@
+"""InfoNCE over in-batch and hard negatives, with cross-process negatives and duplicate masking.
+
+Every query is scored against every passage of the *global* batch (all ranks), so the
+number of negatives grows with the world size. Embeddings of the other ranks are
+gathered with an autograd-aware all-gather: the gradient of each rank's loss reaches
+the rank that produced the embedding. `accelerator.gather` would carry no gradient.
+"""
+
+import hashlib
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_SIXTY_THREE_BITS = (1 << 63) - 1
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _rank() -> int:
+    return dist.get_rank() if _is_distributed() else 0
+
+
+def gather_with_grad(t: Tensor) -> Tensor:
+    """Concatenate `t` from all ranks along dim 0, rank order; gradient flows back to each rank's slice.
+
+    The backward of `torch.distributed.nn.functional.all_gather` sums, over ranks, the
+    gradient each rank's loss sends to a slice, and hands the sum to the slice's owner.
+    Every rank must pass a tensor of the same shape. Identity when torch.distributed is
+    not initialized or the world size is 1.
+    """
+    if not _is_distributed():
+        return t
+    return torch.cat(dist_fn.all_gather(t), dim=0)
+
+
+def _gather_without_grad(t: Tensor) -> Tensor:
+    """Concatenate `t` (ids, no gradient) from all ranks along dim 0, rank order."""
+    if not _is_distributed():
+        return t
+    gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, t.contiguous())
+    return torch.cat(gathered, dim=0)
+
+
+def text_key(text: str) -> int:
+    """A stable 63-bit id of `text` (same text => same id, in every process and run).
+
+    Python's `hash` is salted per process, so it cannot compare texts across ranks.
+    63 bits so the id fits a non-negative int64 tensor element.
+    """
+    digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & _SIXTY_THREE_BITS
+
+
+def _cross_entropy_with_duplicates_masked(
+    logits: Tensor, labels: Tensor, candidate_keys: Tensor, row_keys: Tensor
+) -> Tensor:
+    """Mean cross-entropy over rows, ignoring candidates that repeat the text of the row's label.
+
+    A candidate with the same text as the row's own positive is not a negative (it is the
+    same answer seen twice in the global batch); scoring it as one would push the query
+    away from its own answer. The label itself is kept.
+    """
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    duplicate = candidate_keys[None, :] == row_keys[:, None]
+    duplicate[rows, labels] = False
+    logits = logits.masked_fill(duplicate, float("-inf"))
+    # Mean over this rank's rows: see the normalisation note in InfoNCELoss.forward.
+    return F.cross_entropy(logits, labels)
+
+
+class InfoNCELoss(nn.Module):
+    """Cosine-similarity InfoNCE with in-batch, hard and cross-process negatives."""
+
+    def __init__(self, temperature: float = 0.02, symmetric: bool = False) -> None:
+        """`temperature` divides the cosine similarities (the paper uses 1/50).
+
+        `symmetric` adds the passage->query direction (each positive scored against all
+        queries of the global batch) and averages the two directions.
+        """
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.symmetric = symmetric
+
+    def forward(self, queries: Tensor, passages: Tensor, query_keys: Tensor, passage_keys: Tensor) -> Tensor:
+        """Loss of this rank's queries against the passages of all ranks.
+
+        queries: [b, d] this rank's query embeddings.
+        passages: [b * (1 + k), d], per query [positive, hard_negative_1..k] contiguous.
+        query_keys: [b] int64 `text_key` of each query text.
+        passage_keys: [b * (1 + k)] int64 `text_key` of each passage text.
+        Returns the mean over this rank's queries. Raises ValueError on inconsistent shapes.
+
+        Normalisation: each rank returns the mean over its b queries. The backward of the
+        gather sums every rank's gradient into the owner of each embedding, so the
+        gradient on rank r is d(sum_s L_s)/d(theta via rank r's embeddings). DDP (and
+        DeepSpeed) then average over the W ranks, which gives
+        d/d(theta) [(1/W) sum_s (1/b) sum_i l_i] = the gradient of the mean over the whole
+        global batch of W*b queries, exactly what one process holding the global batch
+        computes. So no world-size factor appears here.
+        """
+        batch_size = queries.shape[0]
+        if batch_size == 0 or passages.shape[0] % batch_size != 0:
+            raise ValueError(
+                f"passages must hold (1 + hard negatives) rows per query: got {passages.shape[0]} "
+                f"passages for {batch_size} queries"
+            )
+        if query_keys.shape != (batch_size,) or passage_keys.shape != (passages.shape[0],):
+            raise ValueError(
+                f"query_keys {tuple(query_keys.shape)} / passage_keys {tuple(passage_keys.shape)} must "
+                f"have one key per query ({batch_size}) / per passage ({passages.shape[0]})"
+            )
+        passages_per_query = passages.shape[0] // batch_size
+        # NCCL gathers only device tensors; keys often arrive from a CPU collator.
+        query_keys = query_keys.to(queries.device)
+        passage_keys = passage_keys.to(queries.device)
+        rank = _rank()
+        local_rows = torch.arange(batch_size, device=queries.device)
+
+        # Gradient carriers: `queries` and `passages` (this rank's), and through the
+        # gather, the gathered copies of every rank's passages/queries. Keys carry none.
+        queries = F.normalize(queries, dim=-1)
+        passages = F.normalize(passages, dim=-1)
+        all_passages = gather_with_grad(passages)
+        all_passage_keys = _gather_without_grad(passage_keys)
+
+        # Global index of each local query's positive in the gathered passages.
+        positive_index = (rank * batch_size + local_rows) * passages_per_query
+        logits = queries @ all_passages.T / self.temperature
+        positive_keys = passage_keys[::passages_per_query]
+        loss = _cross_entropy_with_duplicates_masked(logits, positive_index, all_passage_keys, positive_keys)
+        if not self.symmetric:
+            return loss
+
+        all_queries = gather_with_grad(queries)
+        all_query_keys = _gather_without_grad(query_keys)
+        own_query_index = rank * batch_size + local_rows
+        positives = passages[::passages_per_query]
+        reverse_logits = positives @ all_queries.T / self.temperature
+        reverse_loss = _cross_entropy_with_duplicates_masked(
+            reverse_logits, own_query_index, all_query_keys, query_keys
+        )
+        # Average of the two directions so the scale matches the one-directional loss.
+        return (loss + reverse_loss) / 2
