@@ -1,0 +1,6 @@
+"""The embedding side: templates, prompt tokenization, pooling and :class:`EchoEncoder`."""
+
+from models.encoder import EchoEncoder
+
+__version__ = "0.1.0"
+__all__ = ["EchoEncoder", "__version__"]

