@@ -1,0 +1,191 @@
+"""GradCache parity: its LoRA gradients equal those of the same loss backpropagated through one full graph.
+
+Runs the real embedding path (EchoEncoder.embed: echo template, mean pooling over the
+pooled_mask) on a tiny random Llama with LoRA, and uneven last chunks.
+"""
+
+from contextlib import contextmanager
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import LlamaModel
+
+import train.grad_cache
+from models.encoder import EchoEncoder
+from models.templates import get_template_set
+from tests.tiny_models import build_bpe_tokenizer, tiny_llama_config
+from train.grad_cache import PlainChunkBackward, grad_cache_step, split_batch
+from train.loss import InfoNCELoss, text_key
+
+SENTENCES = [
+    "where do birds fly in winter?",
+    "Many birds migrate south in the winter to find food and warmth.",
+    "cats",
+    "the quick brown fox jumps over the lazy dog",
+    "a fast dark fox leaps over a sleepy hound and runs to the river",
+    "mountains and the sea",
+    "hello world means greeting",
+    "rivers flow to the sea through mountains",
+    "dogs and cats in one paragraph",
+    "what does hello world mean?",
+    "write about the lazy dog",
+    "the sea is warm in winter",
+    "birds",
+    "food",
+    "a sleepy hound",
+]
+INSTRUCTION = "Retrieve semantically similar text"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_lora_encoder(lora_dropout: float, seed: int = 0) -> EchoEncoder:
+    """A tiny random Llama with LoRA on every linear layer; LoRA B random too, so every adapter gets gradient."""
+    tokenizer = build_bpe_tokenizer()
+    torch.manual_seed(seed)
+    model = LlamaModel(tiny_llama_config(len(tokenizer)))
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=lora_dropout, target_modules=LORA_TARGETS, init_lora_weights=False)
+    return EchoEncoder(get_peft_model(model, lora), tokenizer, get_template_set("echo"), pooling="mean")
+
+
+def contrastive_batch(encoder: EchoEncoder, num_queries: int, hard_negatives: int, offset: int = 0):
+    """Collated queries and passages ([positive, hard negatives] per query) with their text keys.
+
+    Query i's passages are the next sentences in SENTENCES, so texts repeat across queries
+    (duplicate texts exercise the false-negative mask).
+    """
+    group = 1 + hard_negatives
+    query_texts = [SENTENCES[(offset + i) % len(SENTENCES)] for i in range(num_queries)]
+    passage_texts = [SENTENCES[(offset + i + 1 + j) % len(SENTENCES)] for i in range(num_queries) for j in range(group)]
+    queries = encoder.collate(encoder.tokenize(query_texts, "query", INSTRUCTION))
+    passages = encoder.collate(encoder.tokenize(passage_texts, "document"))
+    query_keys = torch.tensor([text_key(t) for t in query_texts])
+    passage_keys = torch.tensor([text_key(t) for t in passage_texts])
+    return queries, passages, query_keys, passage_keys
+
+
+def lora_gradients(encoder: EchoEncoder) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in encoder.model.named_parameters() if p.requires_grad}
+
+
+def max_abs_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[name] - b[name]).abs().max().item() for name in a)
+
+
+def assert_gradients_close(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """float32 parity: gradients reach ~20 here, so a 1e-5 relative term covers rounding of different matmul shapes."""
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=1e-5, msg=lambda message: f"{name}: {message}")
+
+
+def full_graph_step(encode, query_chunks, passage_chunks, loss_fn) -> torch.Tensor:
+    """The naive version: the same chunk forwards in the same order, all kept in one graph."""
+    queries = torch.cat([encode(chunk) for chunk in query_chunks])
+    passages = torch.cat([encode(chunk) for chunk in passage_chunks])
+    loss = loss_fn(queries, passages)
+    loss.backward()
+    return loss.detach()
+
+
+def _run(step, encoder, query_chunks, passage_chunks, loss_fn, **kwargs):
+    encoder.model.zero_grad(set_to_none=True)
+    torch.manual_seed(1234)
+    loss = step(encoder.embed, query_chunks, passage_chunks, loss_fn, **kwargs)
+    return loss, lora_gradients(encoder)
+
+
+def _setup(lora_dropout: float):
+    encoder = tiny_lora_encoder(lora_dropout)
+    queries, passages, query_keys, passage_keys = contrastive_batch(encoder, num_queries=5, hard_negatives=1)
+    loss = InfoNCELoss(temperature=0.05, symmetric=True)
+
+    def loss_fn(q, p):
+        return loss(q, p, query_keys, passage_keys)
+
+    # 5 queries in chunks of 2 (2, 2, 1); 10 passages in chunks of 3 (3, 3, 3, 1).
+    return encoder, split_batch(queries, 2), split_batch(passages, 3), loss_fn
+
+
+def test_split_batch_keeps_rows_in_order_with_an_uneven_last_chunk():
+    batch = {"input_ids": torch.arange(10).view(5, 2), "pooled_mask": torch.arange(5)}
+    chunks = split_batch(batch, 2)
+    assert [chunk["pooled_mask"].tolist() for chunk in chunks] == [[0, 1], [2, 3], [4]]
+    assert torch.equal(torch.cat([chunk["input_ids"] for chunk in chunks]), batch["input_ids"])
+    assert len(split_batch(batch, 5)) == 1 and len(split_batch(batch, 7)) == 1
+
+
+def test_split_batch_rejects_bad_input():
+    with pytest.raises(ValueError, match="pooled_mask"):
+        split_batch({"input_ids": torch.zeros(5, 2), "pooled_mask": torch.zeros(4, 2)}, 2)
+    with pytest.raises(ValueError, match="chunk_size"):
+        split_batch({"input_ids": torch.zeros(5, 2)}, 0)
+
+
+def test_grad_cache_equals_full_graph_with_lora_dropout_replayed():
+    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.3)
+    encoder.model.train()
+    expected_loss, expected = _run(full_graph_step, encoder, query_chunks, passage_chunks, loss_fn)
+    loss, cached = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
+    assert_gradients_close(cached, expected)
+    assert max(g.abs().max().item() for g in expected.values()) > 1e-2  # the comparison is not between zeros
+
+
+def test_without_rng_replay_the_dropout_masks_and_gradients_differ(monkeypatch):
+    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.3)
+    encoder.model.train()
+    _, expected = _run(full_graph_step, encoder, query_chunks, passage_chunks, loss_fn)
+
+    @contextmanager
+    def no_replay(self):
+        yield
+
+    monkeypatch.setattr(train.grad_cache._ChunkRandomState, "replay", no_replay)
+    _, unreplayed = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    assert max_abs_difference(unreplayed, expected) > 1e-3
+
+
+def test_grad_cache_equals_one_full_batch_forward_without_dropout():
+    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
+    whole_queries = {key: torch.cat([c[key] for c in query_chunks]) for key in query_chunks[0]}
+    whole_passages = {key: torch.cat([c[key] for c in passage_chunks]) for key in passage_chunks[0]}
+    expected_loss, expected = _run(full_graph_step, encoder, [whole_queries], [whole_passages], loss_fn)
+    loss, cached = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
+    assert_gradients_close(cached, expected)
+
+
+class _RecordingBackward:
+    """Records the sync flag of every chunk backward and whether the chunk's forward ran inside sync_context."""
+
+    def __init__(self) -> None:
+        self.syncs: list[bool] = []
+        self.inside_context = False
+        self.forwards_inside_context: list[bool] = []
+
+    @contextmanager
+    def sync_context(self, sync: bool):
+        self.inside_context = True
+        yield
+        self.inside_context = False
+
+    def backward(self, surrogate: torch.Tensor, sync: bool) -> None:
+        self.syncs.append(sync)
+        surrogate.backward()
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_only_the_last_passage_chunk_synchronises_and_replays_run_inside_the_context(sync):
+    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
+    recorder = _RecordingBackward()
+
+    def encode(chunk):
+        if torch.is_grad_enabled():
+            recorder.forwards_inside_context.append(recorder.inside_context)
+        return encoder.embed(chunk)
+
+    grad_cache_step(encode, query_chunks, passage_chunks, loss_fn, recorder, sync=sync)
+    assert recorder.syncs == [False] * 6 + [sync]
+    assert recorder.forwards_inside_context == [True] * 7
