@@ -26,7 +26,7 @@ import numpy as np
 
 from data.formats import TASK_FILES, TASK_META_KEYS, DataFormatError
 from evaluation import metrics
-from evaluation.toy import TOY_FILES, positive_win_rate
+from evaluation.toy import TOY_FILES, cached_toy_task, positive_win_rate
 
 # The key each JSONL row must carry and the JSON types its value may have.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -288,3 +288,34 @@ def evaluate_task(
         raise ValueError(f"max_examples must be a positive integer or None, got {max_examples}")
     info = load_task_info(Path(task_dir))
     return _EVALUATORS[info.type](encoder, Path(task_dir), info, max_examples, batch_size)
+
+
+def resolve_tasks(names: list[str]) -> dict[str, Path]:
+    """Map task names to folders: ``toy``, a task folder path, a prepared task name, or ``all``.
+
+    ``all`` means every task that :func:`data.prepare.prepare_eval_tasks` provides plus the
+    toy diagnostic. Prepared tasks are built on first use (cached afterwards). Raises
+    ValueError naming an unknown task and listing the known ones.
+    """
+    resolved: dict[str, Path] = {}
+    prepared: dict[str, Path] | None = None
+    for name in names:
+        if name == "toy":
+            resolved["toy"] = cached_toy_task()
+        elif (Path(name) / "task.json").is_file():
+            resolved[load_task_info(Path(name)).name] = Path(name)
+        else:
+            if prepared is None:
+                from data.prepare import prepare_eval_tasks  # imported here: it pulls in the data sources
+
+                prepared = prepare_eval_tasks()
+            if name == "all":
+                resolved.update(prepared)
+                resolved["toy"] = cached_toy_task()
+            elif name in prepared:
+                resolved[name] = prepared[name]
+            else:
+                raise ValueError(
+                    f"unknown task {name!r}: use 'all', 'toy', a task folder, or one of {sorted(prepared)}"
+                )
+    return resolved

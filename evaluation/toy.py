@@ -223,6 +223,11 @@ def write_toy_task(folder: Path, n: int = 300, seed: int = 0) -> Path:
     return folder
 
 
+def cached_toy_task(n: int = 300, seed: int = 0) -> Path:
+    """The toy task folder for (n, seed) under the cache root, (re)written: it takes milliseconds."""
+    return write_toy_task(cache_dir("toy", f"n{n}-seed{seed}"), n, seed)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the toy table (structure x mode x pooling) for one model."""
     # Imported here: evaluation.tasks imports this module, and the generator needs no torch.
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     poolings = [p for p in args.pooling.split(",") if p]
     records = []
     try:
-        task_dir = write_toy_task(cache_dir("toy", f"n{args.triples}-seed{args.seed}"), args.triples, args.seed)
+        task_dir = cached_toy_task(args.triples, args.seed)
         for mode, pooling in itertools.product(modes, poolings):
             encoder = EchoEncoder.from_pretrained(args.model, mode=mode, pooling=pooling)
             metrics = evaluate_task(encoder, task_dir, batch_size=args.batch_size)

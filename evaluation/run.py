@@ -1,0 +1,116 @@
+"""Evaluate one model under every (mode, pooling) on local tasks and write a report.
+
+    python -m evaluation.run --model smollm2-135m-instruct --modes classical,echo,prompteol \\
+        --pooling mean,last --tasks all --max-examples 200 --out results/zero-shot
+
+The model loads once; other (mode, pooling) settings reuse its weights. A fine-tuned export
+(a folder with ``echo_config.json``) is evaluated in its own mode and pooling unless
+``--modes``/``--pooling`` say otherwise. Writes ``results.json``, ``results.md`` and
+``results.png`` into ``--out`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+from evaluation.report import format_markdown_table, write_report
+from evaluation.tasks import MAIN_METRICS, evaluate_task, load_task_info, resolve_tasks
+
+POOLINGS = ("mean", "last")
+ZERO_SHOT_MODES = "classical,echo,prompteol"
+
+
+class UsageError(ValueError):
+    """A bad command-line value; main prints it as one line."""
+
+
+def _split(value: str | None, flag: str) -> list[str] | None:
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",") if item.strip()]
+    if not items:
+        raise UsageError(f"{flag} is empty")
+    return items
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check the arguments (everything that can be checked before a model loads)."""
+    from models.encoder import ECHO_CONFIG
+    from models.templates import get_template_set
+
+    parser = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="registry name (smollm2-135m-instruct) or model folder")
+    parser.add_argument("--modes", help=f"comma-separated template sets (default: {ZERO_SHOT_MODES}; an export's own)")
+    parser.add_argument("--pooling", help="comma-separated poolings from mean,last (default: both; an export's own)")
+    parser.add_argument("--tasks", default="all", help="comma-separated task names or folders, 'toy', or 'all'")
+    parser.add_argument("--out", help="output folder (default: results/<model name>)")
+    parser.add_argument("--max-examples", type=int, help="cap the rows each task evaluates (seeded sample)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, help="token limit per prompt (default: the model's)")
+    args = parser.parse_args(argv)
+
+    is_export = (Path(args.model) / ECHO_CONFIG).is_file()
+    args.modes = _split(args.modes, "--modes") or ([None] if is_export else ZERO_SHOT_MODES.split(","))
+    args.pooling = _split(args.pooling, "--pooling") or ([None] if is_export else list(POOLINGS))
+    for mode in args.modes:
+        if mode is not None:
+            get_template_set(mode)  # raises ValueError listing the known modes
+    for pooling in args.pooling:
+        if pooling is not None and pooling not in POOLINGS:
+            raise UsageError(f"--pooling: unknown pooling {pooling!r}; choose from {','.join(POOLINGS)}")
+    for flag, value in (("--max-examples", args.max_examples), ("--batch-size", args.batch_size)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be a positive integer, got {value}")
+    args.tasks = _split(args.tasks, "--tasks")
+    args.out = Path(args.out) if args.out else Path("results") / Path(args.model.rstrip("/")).name
+    return args
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Evaluate every (mode, pooling) on every task; returns one report record per cell."""
+    from models import EchoEncoder
+
+    task_dirs = resolve_tasks(args.tasks)
+    task_types = {name: load_task_info(folder).type for name, folder in task_dirs.items()}
+    settings = list(itertools.product(args.modes, args.pooling))
+    first_mode, first_pooling = settings[0]
+    base = EchoEncoder.from_pretrained(args.model, mode=first_mode, pooling=first_pooling, max_length=args.max_length)
+    records = []
+    for mode, pooling in settings:
+        encoder = base if (mode, pooling) == settings[0] else base.with_mode(mode, pooling)
+        label = f"{encoder.mode}/{encoder.pooling}"
+        for name, folder in task_dirs.items():
+            started = time.perf_counter()
+            metrics = evaluate_task(encoder, folder, args.max_examples, args.batch_size)
+            seconds = time.perf_counter() - started
+            print(f"{label:>24} {name:<28} {seconds:7.1f}s  "
+                  + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()), file=sys.stderr)
+            records.append({"label": label, "mode": encoder.mode, "pooling": encoder.pooling, "task": name,
+                            "task_type": task_types[name], "metrics": metrics,
+                            "main_metrics": MAIN_METRICS[task_types[name]], "seconds": round(seconds, 2)})
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (2 on a bad argument or task)."""
+    try:
+        args = parse_args(argv)
+        records = run(args)
+    except (ValueError, FileNotFoundError) as error:  # includes DataFormatError; one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    title = f"{args.model}: local tasks" + (f" (max {args.max_examples} examples)" if args.max_examples else "")
+    metadata = {"model": args.model, "max_examples": args.max_examples, "batch_size": args.batch_size,
+                "max_length": args.max_length, "argv": sys.argv[1:] if argv is None else argv}
+    paths = write_report(records, args.out, title, metadata)
+    print(format_markdown_table(records))
+    print(f"\nwrote {', '.join(str(path) for path in paths.values())}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
