@@ -1,0 +1,16 @@
+"""Text clean-up shared by the source modules: whitespace and length."""
+
+from __future__ import annotations
+
+# Texts are kept short: the default fine-tune runs on CPU, and echo doubles every input.
+MAX_WORDS = 100
+
+
+def truncate_words(text: str, max_words: int = MAX_WORDS) -> str:
+    """Collapse whitespace and keep the first ``max_words`` words."""
+    return " ".join(text.split()[:max_words])
+
+
+def normalized(text: str) -> str:
+    """Lower-cased, whitespace-collapsed form used to detect the same text across splits."""
+    return " ".join(text.lower().split())
