@@ -10,7 +10,6 @@ import hashlib
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,17 +24,41 @@ def _rank() -> int:
     return dist.get_rank() if _is_distributed() else 0
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward returns to each rank the summed gradient of its own slice.
+
+    Written out rather than `torch.distributed.nn.functional.all_gather` (deprecated in
+    recent torch, and its replacement is private API that changes between releases).
+    The backward all-reduces the whole gathered gradient, which every backend supports
+    (gloo has no reduce-scatter); for embedding-sized tensors the extra traffic is small.
+    """
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        ctx.rank, ctx.rows = dist.get_rank(), t.shape[0]
+        gathered = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, t.contiguous())
+        return torch.cat(gathered, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        # Sum over ranks: every rank's loss scores this rank's rows as candidates.
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(t: Tensor) -> Tensor:
     """Concatenate `t` from all ranks along dim 0, rank order; gradient flows back to each rank's slice.
 
-    The backward of `torch.distributed.nn.functional.all_gather` sums, over ranks, the
-    gradient each rank's loss sends to a slice, and hands the sum to the slice's owner.
-    Every rank must pass a tensor of the same shape. Identity when torch.distributed is
-    not initialized or the world size is 1.
+    The gradient a rank receives for its slice is the sum, over all ranks, of the
+    gradient each rank's loss sends to that slice. Every rank must pass a tensor of the
+    same shape and run the backward. Identity when torch.distributed is not initialized
+    or the world size is 1.
     """
     if not _is_distributed():
         return t
-    return torch.cat(dist_fn.all_gather(t), dim=0)
+    return _AllGatherWithGrad.apply(t)
 
 
 def _gather_without_grad(t: Tensor) -> Tensor:
