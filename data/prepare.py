@@ -249,11 +249,13 @@ def retrieval_files(
     return {"queries.jsonl": queries, "corpus.jsonl": corpus, "qrels.jsonl": qrels}
 
 
-def _retrieval_task_from_examples(examples: list[TrainingExample], seed: str) -> dict[str, list[dict[str, Any]]]:
+def _retrieval_task_from_examples(
+    examples: list[TrainingExample], seed: str, num_queries: int = RETRIEVAL_QUERIES
+) -> dict[str, list[dict[str, Any]]]:
     shuffled = list(examples)
     random.Random(seed).shuffle(shuffled)
-    query_examples = shuffled[:RETRIEVAL_QUERIES]
-    distractors = [text for e in shuffled[RETRIEVAL_QUERIES:] for text in (e.positive, *e.negatives)]
+    query_examples = shuffled[:num_queries]
+    distractors = [text for e in shuffled[num_queries:] for text in (e.positive, *e.negatives)]
     return retrieval_files(query_examples, distractors, RETRIEVAL_CORPUS)
 
 
@@ -285,7 +287,9 @@ def wordnet_sts_pairs(excluded: set[str]) -> list[dict[str, Any]]:
             seen_pairs.add(pair)
             score = wordnet.wu_palmer(net, *pair)
             bins[min(int(score * 5), 4)].append({"text1": first_text, "text2": second_text, "score": round(score, 4)})
-    return [pair for score_bin in bins for pair in score_bin[:STS_PAIRS_PER_BIN]]
+    pairs = [pair for score_bin in bins for pair in score_bin[:STS_PAIRS_PER_BIN]]
+    rng.shuffle(pairs)  # no score order in the file
+    return pairs
 
 
 def _descendants_of_grandparents(net: wordnet.WordNet, synset_id: str) -> set[str]:
@@ -355,7 +359,8 @@ def _write_eval_tasks(folder: Path) -> None:
         (
             _task_meta("python-code-retrieval", "retrieval", code.instruction, False, python_docs.SOURCE, python_docs.LICENSE,
                        "test-split standard-library modules: docstring summary -> function code"),
-            _retrieval_task_from_examples(_without_texts(code.build("test", code.instruction), excluded), "python"),
+            # The test modules hold ~500 documented functions: fewer queries leave more distractors.
+            _retrieval_task_from_examples(_without_texts(code.build("test", code.instruction), excluded), "python", 150),
         ),
         (
             _task_meta("wordnet-sts", "sts", "Retrieve semantically similar text", True, wordnet.SOURCE, wordnet.LICENSE,

@@ -15,14 +15,13 @@ from pathlib import Path
 
 from data.formats import TrainingExample
 from data.sources.split import Split, split_of
-from data.sources.text import truncate_words
+from data.sources.text import truncate_keeping_lines, truncate_words
 
 LICENSE = "Python Software Foundation License (CPython standard library)"
 SOURCE = f"Python {sys.version_info.major}.{sys.version_info.minor} standard library at {sysconfig.get_paths()['stdlib']}"
 # Tests, demos, the IDE and vendored copies are not documented library code.
 _SKIPPED_DIRS = {"test", "tests", "idlelib", "turtledemo", "site-packages", "dist-packages", "lib2to3", "ensurepip", "__pycache__"}
 MIN_DOCSTRING_WORDS = 5
-MAX_CODE_LINES = 30
 
 
 def _module_files() -> list[Path]:
@@ -71,7 +70,7 @@ def _code_without_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, lines:
     kept = lines[start : docstring_node.lineno - 1] + lines[docstring_node.end_lineno : node.end_lineno]
     # Dedent methods so code from classes and top level looks alike.
     indent = len(kept[0]) - len(kept[0].lstrip())
-    return "\n".join(line[indent:] for line in kept[:MAX_CODE_LINES] if line.strip())
+    return truncate_keeping_lines("\n".join(line[indent:] for line in kept if line.strip()))
 
 
 def docstring_to_code_examples(split: Split, instruction: str) -> list[TrainingExample]:
