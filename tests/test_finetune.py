@@ -1,0 +1,143 @@
+"""The fine-tuning entry point end to end on a tiny random Llama: loss from the run's log,
+exact resume, merged export equal to the unmerged model, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import train.finetune as finetune
+from models import EchoEncoder
+from models.lora import LoraSpec, apply_lora, load_trainable_state
+
+WORDS = "cat dog river mountain bird fox hound sea tree stone bridge mill cloud rain snow".split()
+PROBE_TEXTS = ["the fox crossed the river", "snow on the mountain", "a bird in the tree"]
+
+
+def _write_dataset(path: Path, rows: int, seed: int) -> None:
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(rows):
+            query = " ".join(rng.choices(WORDS, k=4))
+            row = {"query": query, "positive": query + " " + rng.choice(WORDS),
+                   "negatives": [" ".join(rng.choices(WORDS, k=5))], "instruction": "Find the matching text"}
+            handle.write(json.dumps(row) + "\n")
+
+
+@pytest.fixture()
+def run_config(tmp_path, tiny_model_dir):
+    """A config for a 4-step run on two small datasets; returns (path, overrides-dict-writer)."""
+    _write_dataset(tmp_path / "a.jsonl", 24, seed=1)
+    _write_dataset(tmp_path / "b.jsonl", 24, seed=2)
+    config = {
+        "output_dir": str(tmp_path / "run"),
+        "model": {"name": str(tiny_model_dir), "max_length": 48, "precision": "fp32"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "data": {"mix": None, "dev": None, "datasets": [
+            {"name": "a", "path": str(tmp_path / "a.jsonl")},
+            {"name": "b", "path": str(tmp_path / "b.jsonl")},
+        ]},
+        "train": {"max_steps": 4, "batch_size": 4, "chunk_size": 3, "lr": 5e-3, "warmup_steps": 1},
+        "wandb": {"mode": "disabled"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    return {record["step"]: record["train/loss"] for record in records if "train/loss" in record}
+
+
+def test_training_lowers_the_loss_and_logs_every_step(run_config, tmp_path):
+    export = finetune.main(["--config", str(run_config), "train.max_steps=8", "train.lr=2e-2"])
+    losses = _losses(tmp_path / "run")
+    assert sorted(losses) == list(range(1, 9))
+    assert all(np.isfinite(list(losses.values())))
+    assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]])
+    assert (export / "echo_config.json").is_file() and (export / "README.md").read_text().startswith("# Echo")
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(run_config, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    finetune.main(["--config", str(run_config), f"output_dir={straight}", "train.save_every=2"])
+
+    resumed = tmp_path / "resumed"
+    real_save = finetune.save_checkpoint
+
+    def save_then_crash(*args, **kwargs):
+        path = real_save(*args, **kwargs)
+        raise KeyboardInterrupt("simulated crash right after the step-2 checkpoint")
+
+    monkeypatch.setattr(finetune, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(["--config", str(run_config), f"output_dir={resumed}", "train.save_every=2"])
+    monkeypatch.setattr(finetune, "save_checkpoint", real_save)
+    # A half-written later checkpoint must be ignored by resume=auto.
+    (resumed / "checkpoints" / "step-3.partial").mkdir()
+    finetune.main(["--config", str(run_config), f"output_dir={resumed}", "train.save_every=2"])
+
+    assert _losses(resumed) == pytest.approx(_losses(straight), abs=1e-6)
+    a = load_file(straight / "checkpoints" / "step-4" / "adapter.safetensors")
+    b = load_file(resumed / "checkpoints" / "step-4" / "adapter.safetensors")
+    assert a.keys() == b.keys() and max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+@pytest.mark.parametrize("pooling, trainable_eos", [("mean", False), ("last", True)])
+def test_merged_export_equals_the_unmerged_model(run_config, tmp_path, tiny_model_dir, pooling, trainable_eos):
+    export = finetune.main(["--config", str(run_config), f"model.pooling={pooling}",
+                            f"lora.trainable_eos={str(trainable_eos).lower()}", "train.lr=5e-2"])
+    spec = json.loads((tmp_path / "run" / "checkpoints" / "step-4" / "export_spec.json").read_text())
+    unmerged = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo_instruct", pooling=pooling,
+                                           max_length=48, dtype="float32")
+    unmerged.model = apply_lora(unmerged.model, LoraSpec(**spec["lora"]))
+    adapter = load_file(tmp_path / "run" / "checkpoints" / "step-4" / "adapter.safetensors")
+    load_trainable_state(unmerged.model, adapter, source="test")
+    merged = EchoEncoder.from_pretrained(str(export), dtype="float32")
+    assert (merged.mode, merged.pooling, merged.max_length) == ("echo_instruct", pooling, 48)
+    base = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo_instruct", pooling=pooling, dtype="float32")
+    for kind in ("query", "document"):
+        expected = unmerged.encode(PROBE_TEXTS, kind=kind, instruction="Find the matching text")
+        got = merged.encode(PROBE_TEXTS, kind=kind, instruction="Find the matching text")
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        # Training changed the model: the export is not just the base model.
+        assert np.abs(base.encode(PROBE_TEXTS, kind=kind, instruction="Find the matching text") - got).max() > 1e-3
+    if trainable_eos:
+        assert any("trainable_tokens" in name for name in adapter)
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(Path(finetune.__file__)), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_bad_config_keys_and_arguments_end_in_one_line(run_config, tmp_path):
+    result = _cli(["--config", str(run_config), "train.max_stpes=3", "model.pooling=max"], tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.max_stpes: unknown key" in lines[0] and "model.pooling" in lines[0]
+    result = _cli(["--config", str(run_config), "--lr", "3"], tmp_path)
+    assert result.returncode == 2 and "unrecognized arguments" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_malformed_row_stops_the_run_before_anything_is_written(run_config, tmp_path):
+    rows = (tmp_path / "b.jsonl").read_text().splitlines()
+    rows[6] = json.dumps({"query": "q", "positive": "", "negatives": ["n"]})
+    (tmp_path / "b.jsonl").write_text("\n".join(rows) + "\n")
+    result = _cli(["--config", str(run_config)], tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "b.jsonl:7" in lines[0] and "positive" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,163 @@
+"""The one typed schema of a fine-tuning run, and how a run's config is read.
+
+Every key is documented once, here. A run's config is a YAML file plus ``key=value``
+overrides (``train.max_steps=3``); unknown keys, wrong types and impossible
+combinations are all reported together, before any model loads, each naming its key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad config: the message names every bad key and says what is expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field("smollm2-135m-instruct", description="Base causal LM: registry name, local HF folder or hub id.")
+    mode: str = Field("echo_instruct", description="Template set: a built-in (echo_instruct, classical_instruct, echo, classical, prompteol, ...) or one from template_file.")
+    template_file: Path | None = Field(None, description="YAML file of extra template sets (models/templates.py documents the format).")
+    pooling: Literal["mean", "last"] = Field("mean", description="Pool the mean of the pooled copy, or the last token (EOS appended).")
+    max_length: int = Field(256, ge=16, description="Maximum prompt tokens (template + every text copy + EOS); the text is cut, never the template.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype under autocast; weights and LoRA stay float32.")
+
+
+class LoraSettings(_Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch input.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules to adapt; 'all-linear' = every attention and MLP projection.")
+    layers: list[int] | None = Field(None, description="Adapt only these decoder layers (None = all). Adapting only the top layers skips most of the backward pass.")
+    trainable_eos: bool = Field(False, description="Train the EOS token's input embedding (the paper's last-token recipe).")
+
+
+class DatasetSpec(_Section):
+    name: str = Field(description="Dataset name; every global batch comes from one dataset.")
+    path: str = Field(description="JSONL file, or hf:<dataset_id>[:<split>].")
+    format: Literal["echo", "flag", "e5"] = Field("echo", description="Row format (data/formats.py).")
+    instruction: str | None = Field(None, description="Query instruction when rows carry none.")
+    symmetric: bool = Field(False, description="Encode the passages with the query template too (symmetric tasks).")
+    max_examples: int | None = Field(None, ge=1, description="Use at most this many rows (the first ones).")
+
+
+class DataConfig(_Section):
+    mix: str | None = Field("default", description="A training mix prepared offline by data/prepare.py (None: use `datasets` only).")
+    datasets: list[DatasetSpec] = Field(default_factory=list, description="Explicit datasets, added to the mix.")
+    num_negatives: int = Field(1, ge=0, description="Hard negatives per query.")
+    dev: str | None = Field("auto", description="Dev retrieval task folder; 'auto' = the mix's dev set; None = no dev evaluation.")
+    dev_max_queries: int | None = Field(200, ge=1, description="Cap on dev queries per evaluation.")
+
+
+class TrainConfig(_Section):
+    seed: int = Field(42, description="Seeds data order, LoRA init and dropout.")
+    max_steps: int = Field(100, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=2, description="Queries per contrastive batch, all processes together: the in-batch negative pool.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Contrastive batches per optimizer step (each its own loss).")
+    chunk_size: int | None = Field(None, ge=1, description="GradCache chunk (sequences per forward); None = the whole local batch in one forward.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
+    temperature: float = Field(0.02, gt=0, description="InfoNCE temperature (the paper's scale 50).")
+    symmetric_loss: bool = Field(False, description="Add the passage->query InfoNCE term.")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (None = only at the end).")
+    resume: str = Field("auto", description="'auto' (latest checkpoint in output_dir, if any), 'none', or a checkpoint path.")
+    eval_every: int | None = Field(None, ge=1, description="Dev evaluation every N steps (None = before and after training only).")
+    log_every: int = Field(1, ge=1, description="Log loss and throughput every N steps.")
+
+
+class WandbConfig(_Section):
+    project: str = Field("echo-embeddings", description="wandb project.")
+    name: str | None = Field(None, description="Run name (default: output_dir's name).")
+    group: str | None = Field(None, description="Run group (sweeps set it).")
+    tags: list[str] = Field(default_factory=list)
+    mode: Literal["auto", "online", "offline", "disabled"] = Field("auto", description="'auto' = online when WANDB_API_KEY is set, else offline.")
+
+
+class ExportConfig(_Section):
+    enabled: bool = Field(True, description="Merge LoRA and write the export at the end of training.")
+    eval_tasks: list[str] = Field(default_factory=list, description="Local evaluation tasks run on the export for the model card ([] = the dev set only).")
+    eval_max_examples: int | None = Field(300, ge=1, description="Cap on examples per export evaluation task.")
+
+
+class RunConfig(_Section):
+    output_dir: Path = Field(Path("runs/echo_lora"), description="Checkpoints, logs and the export go here.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> RunConfig:
+        problems = []
+        if self.data.mix is None and not self.data.datasets:
+            problems.append("data: set data.mix or list data.datasets; there is no training data")
+        names = [spec.name for spec in self.data.datasets]
+        if len(set(names)) != len(names):
+            problems.append(f"data.datasets: dataset names must be unique, got {names}")
+        if self.train.warmup_steps > self.train.max_steps:
+            problems.append(f"train.warmup_steps={self.train.warmup_steps} exceeds train.max_steps={self.train.max_steps}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def _set_dotted(target: dict, dotted: str, raw_value: str) -> None:
+    keys = dotted.split(".")
+    node = target
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted}: {key!r} is not a section")
+    node[keys[-1]] = yaml.safe_load(raw_value) if raw_value != "" else None
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<config>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key")
+        else:
+            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read ``path`` and apply ``section.key=value`` overrides; raises ConfigError naming every bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config is a mapping of sections")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r}: expected section.key=value")
+        _set_dotted(raw, key, value)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {_format_errors(error)}") from None
+
+
+def config_to_yaml(config: RunConfig) -> str:
+    """The resolved config as YAML (saved with every checkpoint and the export)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
