@@ -212,5 +212,5 @@ def test_code_truncation_keeps_whole_lines() -> None:
     from data.sources.text import truncate_keeping_lines
 
     code = "def f(a, b):\n    total = a + b\n    return total"
-    assert truncate_keeping_lines(code, max_words=7) == "def f(a, b):\n    total = a + b"
+    assert truncate_keeping_lines(code, max_words=9) == "def f(a, b):\n    total = a + b"
     assert truncate_keeping_lines("one two three four", max_words=2) == "one two"
