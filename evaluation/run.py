@@ -70,22 +70,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> list[dict]:
-    """Evaluate every (mode, pooling) on every task; returns one report record per cell."""
+def evaluate_grid(
+    model: str,
+    modes: list[str | None],
+    poolings: list[str | None],
+    task_dirs: dict[str, Path],
+    max_examples: int | None = None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+) -> list[dict]:
+    """Evaluate every (mode, pooling) of ``model`` on every task; one report record per cell.
+
+    The weights load once; other settings reuse them through ``EchoEncoder.with_mode``.
+    A None mode or pooling means the model's own (an export's echo_config.json, else echo/mean).
+    """
     from models import EchoEncoder
 
-    task_dirs = resolve_tasks(args.tasks)
     task_types = {name: load_task_info(folder).type for name, folder in task_dirs.items()}
-    settings = list(itertools.product(args.modes, args.pooling))
+    settings = list(itertools.product(modes, poolings))
     first_mode, first_pooling = settings[0]
-    base = EchoEncoder.from_pretrained(args.model, mode=first_mode, pooling=first_pooling, max_length=args.max_length)
+    base = EchoEncoder.from_pretrained(model, mode=first_mode, pooling=first_pooling, max_length=max_length)
     records = []
     for mode, pooling in settings:
         encoder = base if (mode, pooling) == settings[0] else base.with_mode(mode, pooling)
         label = f"{encoder.mode}/{encoder.pooling}"
         for name, folder in task_dirs.items():
             started = time.perf_counter()
-            metrics = evaluate_task(encoder, folder, args.max_examples, args.batch_size)
+            metrics = evaluate_task(encoder, folder, max_examples, batch_size)
             seconds = time.perf_counter() - started
             print(f"{label:>24} {name:<28} {seconds:7.1f}s  "
                   + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()), file=sys.stderr)
@@ -99,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (2 on a bad argument or task)."""
     try:
         args = parse_args(argv)
-        records = run(args)
+        task_dirs = resolve_tasks(args.tasks)
+        records = evaluate_grid(args.model, args.modes, args.pooling, task_dirs, args.max_examples,
+                                args.batch_size, args.max_length)
     except (ValueError, FileNotFoundError) as error:  # includes DataFormatError; one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -230,10 +230,9 @@ def cached_toy_task(n: int = 300, seed: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Print the toy table (structure x mode x pooling) for one model."""
-    # Imported here: evaluation.tasks imports this module, and the generator needs no torch.
+    # Imported here: evaluation.run imports this module (via tasks), and the generator needs no torch.
     from evaluation.report import format_markdown_table
-    from evaluation.tasks import evaluate_task
-    from models import EchoEncoder
+    from evaluation.run import evaluate_grid
 
     parser = argparse.ArgumentParser(prog="python -m evaluation.toy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="registry name or a Hugging Face model folder")
@@ -249,14 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     poolings = [p for p in args.pooling.split(",") if p]
-    records = []
     try:
         task_dir = cached_toy_task(args.triples, args.seed)
-        for mode, pooling in itertools.product(modes, poolings):
-            encoder = EchoEncoder.from_pretrained(args.model, mode=mode, pooling=pooling)
-            metrics = evaluate_task(encoder, task_dir, batch_size=args.batch_size)
-            records.append({"label": f"{mode}/{pooling}", "task": "toy", "metrics": metrics})
-            print(f"{mode}/{pooling}: " + ", ".join(f"{s} {v:.3f}" for s, v in metrics.items()), file=sys.stderr)
+        records = evaluate_grid(args.model, modes, poolings, {"toy": task_dir}, batch_size=args.batch_size)
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

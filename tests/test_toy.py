@@ -93,3 +93,15 @@ def test_toy_task_scores_what_each_structure_tests(tmp_path):
     # Seeing only the end: in S1 s- shares the end with q (always a tie, a loss); in S2 the end differs.
     assert evaluate_task(HalfSetEncoder(("second",)), task) == {"S1": 0.0, "S2": 1.0}
     assert evaluate_task(HalfSetEncoder(("first",)), task, max_examples=50) == {"S1": 1.0, "S2": 0.0}
+
+
+def test_cli_prints_the_structure_by_setting_table(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from evaluation.toy import main
+
+    monkeypatch.setenv("ECHO_CACHE", str(tmp_path))
+    assert main(["--model", str(tiny_model_dir), "--pooling", "mean,last", "--triples", "10", "--batch-size", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| task | metric | classical_sentence/mean | classical_sentence/last | echo_sentence/mean | echo_sentence/last |" in lines
+    assert sum(line.startswith("| toy | S1 |") or line.startswith("| toy | S2 |") for line in lines) == 2
+    assert main(["--model", str(tiny_model_dir), "--triples", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("n must be between 1 and 900 (distinct queries), got 0")
