@@ -144,6 +144,12 @@ def accuracy(predicted: list, expected: list) -> float:
     return sum(p == e for p, e in zip(predicted, expected)) / len(expected)
 
 
+def _squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """[n_points, n_centres] squared Euclidean distances, via |x|^2 - 2 x.c + |c|^2 (no n x k x d array)."""
+    squared = (points**2).sum(axis=1)[:, None] - 2 * points @ centres.T + (centres**2).sum(axis=1)[None, :]
+    return np.maximum(squared, 0.0)  # rounding can dip below zero
+
+
 def kmeans(vectors: np.ndarray, k: int, seed: int = 0, iterations: int = 100) -> np.ndarray:
     """Cluster ``vectors`` into ``k`` groups with k-means++ seeding and Lloyd iterations.
 
@@ -153,20 +159,20 @@ def kmeans(vectors: np.ndarray, k: int, seed: int = 0, iterations: int = 100) ->
     if not 1 <= k <= len(points):
         raise ValueError(f"kmeans needs 1 <= k <= number of points, got k={k} for {len(points)} points")
     rng = np.random.default_rng(seed)
-    centres = [points[rng.integers(len(points))]]
-    for _ in range(1, k):
+    centres = np.empty((k, points.shape[1]))
+    centres[0] = points[rng.integers(len(points))]
+    nearest = _squared_distances(points, centres[:1])[:, 0]
+    for index in range(1, k):
         # k-means++: draw the next centre with probability proportional to the squared
         # distance to the nearest centre chosen so far.
-        nearest = ((points[:, None, :] - np.array(centres)[None]) ** 2).sum(-1).min(axis=1)
-        if nearest.sum() == 0:  # fewer distinct points than k: reuse a point
-            centres.append(points[rng.integers(len(points))])
+        if nearest.sum() <= 0:  # fewer distinct points than k: reuse a point
+            centres[index] = points[rng.integers(len(points))]
         else:
-            centres.append(points[rng.choice(len(points), p=nearest / nearest.sum())])
-    centres = np.array(centres)
+            centres[index] = points[rng.choice(len(points), p=nearest / nearest.sum())]
+        nearest = np.minimum(nearest, _squared_distances(points, centres[index : index + 1])[:, 0])
     assignment = np.full(len(points), -1)
     for _ in range(iterations):
-        distances = ((points[:, None, :] - centres[None]) ** 2).sum(-1)
-        new_assignment = distances.argmin(axis=1)
+        new_assignment = _squared_distances(points, centres).argmin(axis=1)
         if (new_assignment == assignment).all():
             break
         assignment = new_assignment
