@@ -14,8 +14,9 @@ from transformers import LlamaModel
 import train.grad_cache
 from models.encoder import EchoEncoder
 from models.templates import get_template_set
+from tests.distributed import run_in_processes
 from tests.tiny_models import build_bpe_tokenizer, tiny_llama_config
-from train.grad_cache import PlainChunkBackward, grad_cache_step, split_batch
+from train.grad_cache import DeepSpeedChunkBackward, PlainChunkBackward, grad_cache_step, split_batch
 from train.loss import InfoNCELoss, text_key
 
 SENTENCES = [
@@ -189,3 +190,37 @@ def test_only_the_last_passage_chunk_synchronises_and_replays_run_inside_the_con
     grad_cache_step(encode, query_chunks, passage_chunks, loss_fn, recorder, sync=sync)
     assert recorder.syncs == [False] * 6 + [sync]
     assert recorder.forwards_inside_context == [True] * 7
+
+
+def _deepspeed_worker(rank: int, world_size: int, zero_stage: int) -> dict:
+    """GradCache through a real one-process DeepSpeed engine; gradients read before and after the caller's step."""
+    import deepspeed
+    from deepspeed.utils import safe_get_full_grad
+
+    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
+    _, expected = _run(full_graph_step, encoder, query_chunks, passage_chunks, loss_fn)
+    encoder.model.zero_grad(set_to_none=True)
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        # Were the surrogate scaled by 1/gradient_accumulation_steps, the gradients would be 4x too small.
+        "gradient_accumulation_steps": 4,
+        "optimizer": {"type": "AdamW", "params": {"lr": 0.0}},
+        "zero_allow_untested_optimizer": True,
+        "zero_optimization": {"stage": zero_stage},
+    }
+    parameters = [p for p in encoder.model.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=encoder.model, model_parameters=parameters, config=config)
+    encoder.model = engine
+    grad_cache_step(encoder.embed, query_chunks, passage_chunks, loss_fn, DeepSpeedChunkBackward(engine), sync=True)
+    gradients = {name: safe_get_full_grad(p).clone() for name, p in engine.module.named_parameters() if p.requires_grad}
+    steps_inside = engine.global_steps
+    engine.step()
+    return {"expected": expected, "gradients": gradients, "steps_inside": steps_inside, "steps_after": engine.global_steps}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_deepspeed_chunk_backward_matches_full_graph_and_never_steps(zero_stage):
+    (result,) = run_in_processes(_deepspeed_worker, world_size=1, args=(zero_stage,))
+    assert_gradients_close(result["gradients"], result["expected"])
+    assert result["steps_inside"] == 0 and result["steps_after"] == 1
