@@ -28,7 +28,8 @@ class UsageError(ValueError):
     """A bad command-line value; main prints it as one line."""
 
 
-def _split(value: str | None, flag: str) -> list[str] | None:
+def parse_list(value: str | None, flag: str) -> list[str] | None:
+    """Items of a comma-separated flag value (None stays None); raises UsageError when empty."""
     if value is None:
         return None
     items = [item.strip() for item in value.split(",") if item.strip()]
@@ -54,8 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
 
     is_export = (Path(args.model) / ECHO_CONFIG).is_file()
-    args.modes = _split(args.modes, "--modes") or ([None] if is_export else ZERO_SHOT_MODES.split(","))
-    args.pooling = _split(args.pooling, "--pooling") or ([None] if is_export else list(POOLINGS))
+    args.modes = parse_list(args.modes, "--modes") or ([None] if is_export else ZERO_SHOT_MODES.split(","))
+    args.pooling = parse_list(args.pooling, "--pooling") or ([None] if is_export else list(POOLINGS))
     for mode in args.modes:
         if mode is not None:
             get_template_set(mode)  # raises ValueError listing the known modes
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag, value in (("--max-examples", args.max_examples), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
-    args.tasks = _split(args.tasks, "--tasks")
+    args.tasks = parse_list(args.tasks, "--tasks")
     args.out = Path(args.out) if args.out else Path("results") / Path(args.model.rstrip("/")).name
     return args
 

@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     """Print the toy table (structure x mode x pooling) for one model."""
     # Imported here: evaluation.run imports this module (via tasks), and the generator needs no torch.
     from evaluation.report import format_markdown_table
-    from evaluation.run import evaluate_grid
+    from evaluation.run import evaluate_grid, parse_list
 
     parser = argparse.ArgumentParser(prog="python -m evaluation.toy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="registry name or a Hugging Face model folder")
@@ -246,9 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args(argv)
-    modes = [m for m in args.modes.split(",") if m]
-    poolings = [p for p in args.pooling.split(",") if p]
     try:
+        modes, poolings = parse_list(args.modes, "--modes"), parse_list(args.pooling, "--pooling")
         task_dir = cached_toy_task(args.triples, args.seed)
         records = evaluate_grid(args.model, modes, poolings, {"toy": task_dir}, batch_size=args.batch_size)
     except (ValueError, OSError) as error:
