@@ -14,7 +14,13 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.distributed import run_in_processes
-from tests.test_grad_cache import assert_gradients_close, contrastive_batch, lora_gradients, tiny_lora_encoder
+from tests.test_grad_cache import (  # noqa: F401 (one_torch_thread is an autouse fixture)
+    assert_gradients_close,
+    contrastive_batch,
+    lora_gradients,
+    one_torch_thread,
+    tiny_lora_encoder,
+)
 from train.grad_cache import grad_cache_step, make_chunk_backward, split_batch
 from train.loss import InfoNCELoss
 
@@ -46,7 +52,8 @@ def _rank_slice(batch, rank: int):
 
 def _loss_value(encoder, batch, symmetric: bool) -> torch.Tensor:
     queries, passages, query_keys, passage_keys = batch
-    return InfoNCELoss(TEMPERATURE, symmetric)(encoder.embed(queries), encoder.embed(passages), query_keys, passage_keys)
+    loss = InfoNCELoss(TEMPERATURE, symmetric)
+    return loss(encoder.embed(queries), encoder.embed(passages), query_keys, passage_keys)
 
 
 def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:

@@ -5,9 +5,11 @@ pooled_mask) on a tiny random Llama with LoRA, and uneven last chunks.
 """
 
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import torch
+from accelerate.utils import DistributedType
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaModel
 
@@ -16,7 +18,13 @@ from models.encoder import EchoEncoder
 from models.templates import get_template_set
 from tests.distributed import run_in_processes
 from tests.tiny_models import build_bpe_tokenizer, tiny_llama_config
-from train.grad_cache import DeepSpeedChunkBackward, PlainChunkBackward, grad_cache_step, split_batch
+from train.grad_cache import (
+    DeepSpeedChunkBackward,
+    PlainChunkBackward,
+    grad_cache_step,
+    make_chunk_backward,
+    split_batch,
+)
 from train.loss import InfoNCELoss, text_key
 
 SENTENCES = [
@@ -40,12 +48,23 @@ INSTRUCTION = "Retrieve semantically similar text"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on shared cores OpenMP spin-waits make them 100x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_lora_encoder(lora_dropout: float, seed: int = 0) -> EchoEncoder:
     """A tiny random Llama with LoRA on every linear layer; LoRA B random too, so every adapter gets gradient."""
     tokenizer = build_bpe_tokenizer()
     torch.manual_seed(seed)
     model = LlamaModel(tiny_llama_config(len(tokenizer)))
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=lora_dropout, target_modules=LORA_TARGETS, init_lora_weights=False)
+    lora = LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=lora_dropout, target_modules=LORA_TARGETS, init_lora_weights=False
+    )
     return EchoEncoder(get_peft_model(model, lora), tokenizer, get_template_set("echo"), pooling="mean")
 
 
@@ -78,7 +97,9 @@ def assert_gradients_close(actual: dict[str, torch.Tensor], expected: dict[str, 
     """float32 parity: gradients reach ~20 here, so a 1e-5 relative term covers rounding of different matmul shapes."""
     assert actual.keys() == expected.keys()
     for name in expected:
-        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=1e-5, msg=lambda message: f"{name}: {message}")
+        torch.testing.assert_close(
+            actual[name], expected[name], atol=1e-5, rtol=1e-5, msg=lambda message: f"{name}: {message}"
+        )
 
 
 def full_graph_step(encode, query_chunks, passage_chunks, loss_fn) -> torch.Tensor:
@@ -215,7 +236,12 @@ def _deepspeed_worker(rank: int, world_size: int, zero_stage: int) -> dict:
     gradients = {name: safe_get_full_grad(p).clone() for name, p in engine.module.named_parameters() if p.requires_grad}
     steps_inside = engine.global_steps
     engine.step()
-    return {"expected": expected, "gradients": gradients, "steps_inside": steps_inside, "steps_after": engine.global_steps}
+    return {
+        "expected": expected,
+        "gradients": gradients,
+        "steps_inside": steps_inside,
+        "steps_after": engine.global_steps,
+    }
 
 
 @pytest.mark.slow
@@ -224,3 +250,14 @@ def test_deepspeed_chunk_backward_matches_full_graph_and_never_steps(zero_stage)
     (result,) = run_in_processes(_deepspeed_worker, world_size=1, args=(zero_stage,))
     assert_gradients_close(result["gradients"], result["expected"])
     assert result["steps_inside"] == 0 and result["steps_after"] == 1
+
+
+def test_make_chunk_backward_drives_the_deepspeed_engine_only_once_prepared():
+    engine = object()
+    wrapped = SimpleNamespace(engine=engine)
+    prepared = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_engine_wrapped=wrapped)
+    chunk_backward = make_chunk_backward(prepared, model=None)
+    assert isinstance(chunk_backward, DeepSpeedChunkBackward) and chunk_backward.engine is engine
+    unprepared = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_engine_wrapped=None)
+    with pytest.raises(RuntimeError, match="accelerator.prepare"):
+        make_chunk_backward(unprepared, model=None)

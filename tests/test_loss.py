@@ -97,7 +97,8 @@ def test_no_hard_negatives_match_reference():
 @pytest.mark.parametrize("temperature", [0.02, 0.1, 1.0])
 def test_temperature_matches_reference(temperature):
     batch = _batch(num_queries=3, hard_negatives=1, seed=2)
-    assert _loss(*batch, temperature=temperature) == pytest.approx(_reference(*batch, temperature=temperature), abs=1e-9)
+    expected = _reference(*batch, temperature=temperature)
+    assert _loss(*batch, temperature=temperature) == pytest.approx(expected, abs=1e-9)
 
 
 def test_duplicate_positive_text_is_masked():
@@ -162,7 +163,8 @@ def test_text_key_is_stable_across_processes_and_fits_int64():
     # Python's own hash() differs between these processes; text_key must not.
     program = f"from train.loss import text_key; print([text_key(t) for t in {texts!r}])"
     environment = dict(os.environ, PYTHONHASHSEED="12345")
+    repo_root = Path(__file__).resolve().parents[1]
     output = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, check=True, env=environment, cwd=Path(__file__).resolve().parents[1]
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True, env=environment, cwd=repo_root
     ).stdout
     assert output.strip() == str(keys)

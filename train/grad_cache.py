@@ -38,7 +38,10 @@ def split_batch(batch: Mapping[str, Tensor], chunk_size: int) -> list[dict[str, 
     if len(set(rows.values())) != 1:
         raise ValueError(f"batch tensors disagree on the number of rows: {rows}")
     total = next(iter(rows.values()))
-    return [{key: tensor[start : start + chunk_size] for key, tensor in batch.items()} for start in range(0, total, chunk_size)]
+    return [
+        {key: tensor[start : start + chunk_size] for key, tensor in batch.items()}
+        for start in range(0, total, chunk_size)
+    ]
 
 
 class _ChunkRandomState:
@@ -50,7 +53,8 @@ class _ChunkRandomState:
 
     def __init__(self) -> None:
         self.cpu_state = torch.get_rng_state()
-        self.cuda_device = torch.cuda.current_device() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        cuda_in_use = torch.cuda.is_available() and torch.cuda.is_initialized()
+        self.cuda_device = torch.cuda.current_device() if cuda_in_use else None
         self.cuda_state = torch.cuda.get_rng_state(self.cuda_device) if self.cuda_device is not None else None
 
     @contextmanager
@@ -142,7 +146,9 @@ def make_chunk_backward(accelerator: Any, model: torch.nn.Module) -> ChunkBackwa
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         wrapped = accelerator.deepspeed_engine_wrapped
         if wrapped is None:
-            raise RuntimeError("DeepSpeed engine not built: call accelerator.prepare(model, optimizer) before make_chunk_backward")
+            raise RuntimeError(
+                "DeepSpeed engine not built: call accelerator.prepare(model, optimizer) before make_chunk_backward"
+            )
         return DeepSpeedChunkBackward(wrapped.engine)
     return NoSyncChunkBackward(accelerator, model)
 
@@ -218,7 +224,13 @@ def grad_cache_step(
     """
     query_embeddings, query_states = _embed_chunks_without_grad(encode, query_chunks)
     passage_embeddings, passage_states = _embed_chunks_without_grad(encode, passage_chunks)
-    loss, query_gradients, passage_gradients = _loss_and_embedding_gradients(loss_fn, query_embeddings, passage_embeddings)
-    _replay_chunks_with_cached_gradients(encode, query_chunks, query_states, query_gradients, backward, sync_on_last_chunk=False)
-    _replay_chunks_with_cached_gradients(encode, passage_chunks, passage_states, passage_gradients, backward, sync_on_last_chunk=sync)
+    loss, query_gradients, passage_gradients = _loss_and_embedding_gradients(
+        loss_fn, query_embeddings, passage_embeddings
+    )
+    _replay_chunks_with_cached_gradients(
+        encode, query_chunks, query_states, query_gradients, backward, sync_on_last_chunk=False
+    )
+    _replay_chunks_with_cached_gradients(
+        encode, passage_chunks, passage_states, passage_gradients, backward, sync_on_last_chunk=sync
+    )
     return loss
