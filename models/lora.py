@@ -31,12 +31,22 @@ class LoraSpec:
 
 def apply_lora(model: PreTrainedModel, spec: LoraSpec) -> PeftModel:
     """Wrap ``model`` with LoRA adapters; only adapter (and chosen token) weights train."""
+    target_modules, layers_pattern = spec.target_modules, None
+    if spec.layers is not None:
+        # peft's layers_to_transform needs module names (every linear layer but an LM head) and
+        # the name of the decoder-layer list ("layers" in Llama, "h" in GPT-2), found here.
+        if target_modules == "all-linear":
+            target_modules = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                                     if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")})
+        layers_pattern = next(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, torch.nn.ModuleList) and len(module) == model.config.num_hidden_layers)
     config = LoraConfig(
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=spec.target_modules,
+        target_modules=target_modules,
         layers_to_transform=spec.layers,
+        layers_pattern=layers_pattern,
         trainable_token_indices=spec.trainable_token_ids or None,
         bias="none",
     )

@@ -23,6 +23,7 @@ from train.grad_cache import (
     PlainChunkBackward,
     grad_cache_step,
     make_chunk_backward,
+    single_forward_step,
     split_batch,
 )
 from train.loss import InfoNCELoss, text_key
@@ -177,6 +178,20 @@ def test_grad_cache_equals_one_full_batch_forward_without_dropout():
     loss, cached = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
     assert_gradients_close(cached, expected)
+
+
+def test_single_forward_step_equals_grad_cache():
+    """The uncached path (queries and passages padded into one forward) gives GradCache's loss and gradients."""
+    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
+    expected_loss, expected = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    # The same texts as _setup's contrastive_batch(num_queries=5, hard_negatives=1).
+    query_texts = [SENTENCES[i] for i in range(5)]
+    passage_texts = [SENTENCES[i + 1 + j] for i in range(5) for j in range(2)]
+    joint = encoder.collate(encoder.tokenize(query_texts, "query", INSTRUCTION) + encoder.tokenize(passage_texts, "document"))
+    encoder.model.zero_grad(set_to_none=True)
+    loss = single_forward_step(encoder.embed, joint, 5, loss_fn, PlainChunkBackward())
+    assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
+    assert_gradients_close(lora_gradients(encoder), expected)
 
 
 class _RecordingBackward:

@@ -108,8 +108,9 @@ class RunConfig(_Section):
         names = [spec.name for spec in self.data.datasets]
         if len(set(names)) != len(names):
             problems.append(f"data.datasets: dataset names must be unique, got {names}")
-        if self.train.warmup_steps > self.train.max_steps:
-            problems.append(f"train.warmup_steps={self.train.warmup_steps} exceeds train.max_steps={self.train.max_steps}")
+        if self.train.chunk_size is not None and self.train.chunk_size > self.train.batch_size * (2 + self.data.num_negatives):
+            problems.append(f"train.chunk_size={self.train.chunk_size} exceeds the sequences of a contrastive batch; "
+                            "use null for one chunk")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -131,6 +132,8 @@ def _format_errors(error: ValidationError) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "<config>"
         if item["type"] == "extra_forbidden":
             lines.append(f"{key}: unknown key")
+        elif not item["loc"]:  # a cross-key check: its message names the keys
+            lines.append(item["msg"].removeprefix("Value error, "))
         else:
             lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return "; ".join(lines)

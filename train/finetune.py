@@ -10,8 +10,6 @@ prints is ``export: <path of the merged model>``.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,7 +32,7 @@ from models.export import export_merged, export_spec
 from models.lora import LoraSpec, apply_lora, trainable_state_dict
 from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from train.config import ConfigError, RunConfig, config_to_yaml, load_config
-from train.grad_cache import grad_cache_step, make_chunk_backward
+from train.grad_cache import grad_cache_step, make_chunk_backward, single_forward_step
 from train.loss import InfoNCELoss, text_key
 from train.tracking import RunLogger
 
@@ -61,10 +59,8 @@ def load_training_data(config: RunConfig) -> tuple[list[TrainingExample], set[st
     dev = None
     if config.data.mix is not None:
         mix = prepare_training_mix(config.data.mix)
-        manifest = json.loads((mix / "manifest.json").read_text())
-        symmetric_of = {name: info.get("symmetric", False) for name, info in manifest.get("datasets", {}).items()}
         for file in sorted((mix / "train").glob("*.jsonl")):
-            sources.append((file, "echo", file.stem, None, symmetric_of.get(file.stem, False), None))
+            sources.append((file, "echo", file.stem, None, False, None))
         dev = mix / "dev" if config.data.dev == "auto" else None
     for spec in config.data.datasets:
         sources.append((spec.path, spec.format, spec.name, spec.instruction, spec.symmetric, spec.max_examples))
@@ -189,14 +185,20 @@ def main(argv: list[str] | None = None) -> Path:
                 # summed gradients are those of the mean loss; ranks are averaged by DDP/DeepSpeed.
                 return loss_fn(queries, passages, query_keys, passage_keys) / config.train.gradient_accumulation_steps
 
-            step_loss += grad_cache_step(
-                encoder.embed,
-                pad_in_chunks(batch.queries, config.train.chunk_size, encoder.collate),
-                pad_in_chunks(batch.passages, config.train.chunk_size, encoder.collate),
-                contrastive_loss,
-                chunk_backward,
-                sync=micro == config.train.gradient_accumulation_steps - 1,
-            ).item()
+            sync = micro == config.train.gradient_accumulation_steps - 1
+            if config.train.chunk_size is None:
+                joint = encoder.collate(batch.queries + batch.passages)
+                loss = single_forward_step(encoder.embed, joint, len(batch.queries), contrastive_loss, chunk_backward, sync)
+            else:
+                loss = grad_cache_step(
+                    encoder.embed,
+                    pad_in_chunks(batch.queries, config.train.chunk_size, encoder.collate),
+                    pad_in_chunks(batch.passages, config.train.chunk_size, encoder.collate),
+                    contrastive_loss,
+                    chunk_backward,
+                    sync,
+                )
+            step_loss += loss.item()
             window_tokens += batch.num_tokens * world
             window_examples += len(local) * world
         grad_norm = apply_update(accelerator, model, optimizer, scheduler, config.train.max_grad_norm)

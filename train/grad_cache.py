@@ -234,3 +234,24 @@ def grad_cache_step(
         encode, passage_chunks, passage_states, passage_gradients, backward, sync_on_last_chunk=sync
     )
     return loss
+
+
+def single_forward_step(
+    encode: Callable[[Mapping[str, Tensor]], Tensor],
+    batch: Mapping[str, Tensor],
+    num_queries: int,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    backward: ChunkBackward,
+    sync: bool = True,
+) -> Tensor:
+    """The uncached step for a local batch that fits in memory: one forward, one backward.
+
+    `batch` holds the queries (its first `num_queries` rows) and then the passages, so
+    the model runs once per backward, as DDP requires, and GradCache's extra no-grad
+    forward is saved. Returns the detached loss; gradients equal `grad_cache_step`'s.
+    """
+    with backward.sync_context(sync):
+        embeddings = encode(batch).float()
+        loss = loss_fn(embeddings[:num_queries], embeddings[num_queries:])
+        backward.backward(loss, sync)
+    return loss.detach()
