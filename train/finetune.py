@@ -34,7 +34,7 @@ from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from train.config import ConfigError, RunConfig, config_to_yaml, load_config
 from train.grad_cache import grad_cache_step, make_chunk_backward, single_forward_step
 from train.loss import InfoNCELoss, text_key
-from train.tracking import RunLogger
+from train.tracking import RunLogger, peak_memory_gb
 
 
 class UsageError(ValueError):
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> Path:
             metrics["train/grad_norm"] = grad_norm
         if step % config.train.log_every == 0 or step == config.train.max_steps:
             seconds = time.perf_counter() - window_start
-            metrics.update({"train/tokens_per_s": window_tokens / seconds, "train/examples_per_s": window_examples / seconds})
+            metrics.update({"train/tokens_per_s": window_tokens / seconds, "train/examples_per_s": window_examples / seconds,
+                            "train/peak_memory_gb": peak_memory_gb(accelerator.device)})
             window_start, window_tokens, window_examples = time.perf_counter(), 0, 0
         if config.train.eval_every and step % config.train.eval_every == 0 and step < config.train.max_steps:
             metrics.update(evaluate_dev(encoder, dev, config.data.dev_max_queries))

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process so far: allocated GPU memory on CUDA, resident set size on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
 
 
 def wandb_mode(requested: str) -> str:
