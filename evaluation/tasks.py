@@ -167,7 +167,10 @@ def evaluate_retrieval(
     ``kind="document"``, or as instructed queries too when the task is symmetric. Queries
     without a relevant document are skipped; a qrel naming an unknown id is an error.
     """
-    queries = {row["id"]: row["text"] for row in _read(task_dir, info, "queries.jsonl")}
+    query_rows = _read(task_dir, info, "queries.jsonl")
+    queries = {row["id"]: row["text"] for row in query_rows}
+    # A query row may carry its own instruction (a dev set mixing datasets does); else the task's.
+    query_instruction = {row["id"]: row.get("instruction") or _instruction(info) for row in query_rows}
     corpus = {row["id"]: row["text"] for row in _read(task_dir, info, "corpus.jsonl")}
     qrels: dict[str, dict[str, int]] = {}
     qrels_path = Path(task_dir) / "qrels.jsonl"
@@ -187,11 +190,13 @@ def evaluate_retrieval(
         room = max(_CORPUS_PER_QUERY * len(query_ids) - len(relevant), 0)
         kept = relevant | set(_sample(distractors, room))
         doc_ids = [doc for doc in doc_ids if doc in kept]
-    instruction = _instruction(info)
-    query_vectors = encoder.encode(
-        [queries[qid] for qid in query_ids], kind="query", instruction=instruction, batch_size=batch_size
-    )
-    document_kind, document_instruction = ("query", instruction) if info.symmetric else ("document", None)
+    vector_of_query = {}
+    for instruction in dict.fromkeys(query_instruction[qid] for qid in query_ids):
+        ids = [qid for qid in query_ids if query_instruction[qid] == instruction]
+        vectors = encoder.encode([queries[qid] for qid in ids], kind="query", instruction=instruction, batch_size=batch_size)
+        vector_of_query.update(zip(ids, vectors))
+    query_vectors = np.stack([vector_of_query[qid] for qid in query_ids])
+    document_kind, document_instruction = ("query", _instruction(info)) if info.symmetric else ("document", None)
     document_vectors = encoder.encode(
         [corpus[doc] for doc in doc_ids], kind=document_kind, instruction=document_instruction, batch_size=batch_size
     )

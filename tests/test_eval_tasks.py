@@ -59,6 +59,21 @@ def test_retrieval_metrics_and_encoding_roles(tmp_path):
     assert encoder.calls[0][2] == ["cats", "dogs"]  # q3 has no relevant document
 
 
+def test_a_query_rows_own_instruction_wins_over_the_tasks(tmp_path):
+    """A dev set mixing datasets carries each query's instruction; results stay in query order."""
+    write_task(tmp_path / "mixed", meta("mixed", "retrieval"), {
+        "queries.jsonl": [{"id": "q1", "text": "cats", "instruction": "Find cats"}, {"id": "q2", "text": "dogs"}],
+        "corpus.jsonl": [{"id": "d1", "text": "doc one"}, {"id": "d2", "text": "doc two"}, {"id": "d3", "text": "doc three"}],
+        "qrels.jsonl": [{"query_id": "q1", "doc_id": "d3", "relevance": 1}, {"query_id": "q2", "doc_id": "d2", "relevance": 2},
+                        {"query_id": "q2", "doc_id": "d1", "relevance": 1}],
+    })
+    encoder = LookupEncoder(RETRIEVAL_VECTORS)
+    result = evaluate_task(encoder, tmp_path / "mixed")
+    assert [(kind, instruction, texts) for kind, instruction, texts in encoder.calls[:2]] == [
+        ("query", "Find cats", ["cats"]), ("query", "Find it", ["dogs"])]
+    assert result["mrr@10"] == pytest.approx(0.75)  # the same ranking as in the single-instruction test
+
+
 def test_symmetric_retrieval_encodes_documents_as_instructed_queries(tmp_path):
     write_retrieval(tmp_path / "sym", symmetric=True)
     encoder = LookupEncoder(RETRIEVAL_VECTORS)
