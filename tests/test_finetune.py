@@ -60,12 +60,16 @@ def _losses(run_dir: Path) -> dict[int, float]:
 
 
 def test_training_lowers_the_loss_and_logs_every_step(run_config, tmp_path):
-    export = finetune.main(["--config", str(run_config), "train.max_steps=8", "train.lr=2e-2"])
+    export = finetune.main(["--config", str(run_config), "train.max_steps=8", "train.lr=2e-2",
+                            "model.max_length=128", "export.eval_tasks=[toy]", "export.eval_max_examples=8"])
     losses = _losses(tmp_path / "run")
     assert sorted(losses) == list(range(1, 9))
     assert all(np.isfinite(list(losses.values())))
     assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]])
     assert (export / "echo_config.json").is_file() and (export / "README.md").read_text().startswith("# Echo")
+    final = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    assert 0 <= final["eval/toy/S1"] <= 1 and "eval/toy/S2" in final
+    assert "eval/toy/S1" in (export / "README.md").read_text()
 
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(run_config, tmp_path, monkeypatch):

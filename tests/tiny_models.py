@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from tokenizers import SentencePieceBPETokenizer, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 CORPUS = [
     "Rewrite the following paragraph: the quick brown fox jumps over the lazy dog.",
@@ -50,18 +50,19 @@ def build_sentencepiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerF
                                    eos_token="</s>", pad_token="<pad>")
 
 
-def tiny_llama_config(vocab_size: int, **overrides) -> LlamaConfig:
+def tiny_llama_config(vocab_size: int, config_class: type = LlamaConfig, **overrides):
+    """A 2-layer, 32-wide config of ``config_class`` (Llama, or Mistral for the paper's recipe)."""
     settings = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                     bos_token_id=1, eos_token_id=2, pad_token_id=3, tie_word_embeddings=True)
     settings.update(overrides)
-    return LlamaConfig(**settings)
+    return config_class(**settings)
 
 
-def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> Path:
-    """Save a random tiny LlamaForCausalLM and ``tokenizer`` as a normal HF folder."""
+def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerFast, seed: int = 0, config_class: type = LlamaConfig) -> Path:
+    """Save a random tiny causal LM (Llama unless ``config_class`` says otherwise) and ``tokenizer`` as an HF folder."""
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(tiny_llama_config(len(tokenizer)))
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(len(tokenizer), config_class))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -65,7 +65,7 @@ class TrainConfig(_Section):
     gradient_accumulation_steps: int = Field(1, ge=1, description="Contrastive batches per optimizer step (each its own loss).")
     chunk_size: int | None = Field(None, ge=1, description="GradCache chunk (sequences per forward); None = the whole local batch in one forward.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warm-up.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
@@ -81,13 +81,13 @@ class WandbConfig(_Section):
     project: str = Field("echo-embeddings", description="wandb project.")
     name: str | None = Field(None, description="Run name (default: output_dir's name).")
     group: str | None = Field(None, description="Run group (sweeps set it).")
-    tags: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list, description="Run tags.")
     mode: Literal["auto", "online", "offline", "disabled"] = Field("auto", description="'auto' = online when WANDB_API_KEY is set, else offline.")
 
 
 class ExportConfig(_Section):
     enabled: bool = Field(True, description="Merge LoRA and write the export at the end of training.")
-    eval_tasks: list[str] = Field(default_factory=list, description="Local evaluation tasks run on the export for the model card ([] = the dev set only).")
+    eval_tasks: list[str] = Field(default_factory=list, description="Local evaluation tasks (evaluation/tasks.py names, 'toy', folders) scored at the end for the log and the model card; [] = the dev set only.")
     eval_max_examples: int | None = Field(300, ge=1, description="Cap on examples per export evaluation task.")
 
 

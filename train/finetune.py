@@ -26,10 +26,11 @@ from data.collate import collate_examples, pad_in_chunks
 from data.formats import DataFormatError, TrainingExample, read_examples
 from data.prepare import prepare_training_mix
 from data.sampler import SingleDatasetBatchSampler, shard
-from evaluation.tasks import evaluate_task
+from evaluation.tasks import evaluate_task, resolve_tasks
 from models import EchoEncoder, __version__
 from models.export import export_merged, export_spec
 from models.lora import LoraSpec, apply_lora, trainable_state_dict
+from train.accelerator import fill_deepspeed_config, make_accelerator
 from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from train.config import ConfigError, RunConfig, config_to_yaml, load_config
 from train.grad_cache import grad_cache_step, make_chunk_backward, single_forward_step
@@ -77,11 +78,17 @@ def load_training_data(config: RunConfig) -> tuple[list[TrainingExample], set[st
 
 # -- one optimizer step -----------------------------------------------------------------------
 def apply_update(accelerator: Accelerator, model, optimizer, scheduler, max_grad_norm: float | None) -> float | None:
-    """Clip, step and zero; under DeepSpeed the engine does all three (clipping from its config)."""
+    """Clip, step and zero; returns the gradient norm before clipping (None when clipping is off).
+
+    Under DeepSpeed the engine does all three, clipping at its gradient_clipping, which
+    fill_deepspeed_config set from train.max_grad_norm. The engine holds no scheduler
+    (accelerate hands it only DeepSpeed's own), so the one step here is the only one.
+    """
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         model.step()
         scheduler.step()
-        return None
+        grad_norm = model.get_global_grad_norm()
+        return float(grad_norm) if max_grad_norm and grad_norm is not None else None
     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm) if max_grad_norm else None
     optimizer.step()
     scheduler.step()
@@ -99,18 +106,17 @@ def evaluate_dev(encoder: EchoEncoder, dev: Path | None, max_queries: int | None
 
 def main(argv: list[str] | None = None) -> Path:
     config = parse_args(sys.argv[1:] if argv is None else argv)
-    accelerator = Accelerator()
-    # Under DeepSpeed on CPU accelerate can report one process per rank; torch.distributed knows better.
-    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else accelerator.process_index
-    world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else accelerator.num_processes
-    is_main = rank == 0
+    accelerator = make_accelerator()
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     set_seed(config.train.seed)
     if config.train.batch_size % world:
         raise UsageError(f"train.batch_size={config.train.batch_size} must divide by the number of processes ({world})")
+    fill_deepspeed_config(accelerator, config.train)
 
     # Data first: malformed rows stop the run before a model loads or anything is written.
     with accelerator.main_process_first():
         examples, symmetric_datasets, dev = load_training_data(config)
+        export_tasks = resolve_tasks(config.export.eval_tasks) if config.export.eval_tasks else {}
     sampler = SingleDatasetBatchSampler([example.dataset for example in examples], config.train.batch_size, config.train.seed)
 
     output_dir = Path(config.output_dir)
@@ -223,6 +229,9 @@ def main(argv: list[str] | None = None) -> Path:
 
     final_checkpoint = save(config.train.max_steps)
     final_metrics = evaluate_dev(encoder, dev, config.data.dev_max_queries)
+    for task, folder in export_tasks.items():  # the unmerged model embeds exactly as its export will
+        task_metrics = evaluate_task(encoder, folder, max_examples=config.export.eval_max_examples)
+        final_metrics.update({f"eval/{task}/{name}": value for name, value in task_metrics.items()})
     logger.log(config.train.max_steps, final_metrics)
     logger.close()
 
