@@ -4,7 +4,6 @@ exact resume, merged export equal to the unmerged model, and one-line errors."""
 from __future__ import annotations
 
 import json
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -18,26 +17,16 @@ from safetensors.torch import load_file
 import train.finetune as finetune
 from models import EchoEncoder
 from models.lora import LoraSpec, apply_lora, load_trainable_state
+from tests.tiny_models import write_tiny_dataset
 
-WORDS = "cat dog river mountain bird fox hound sea tree stone bridge mill cloud rain snow".split()
 PROBE_TEXTS = ["the fox crossed the river", "snow on the mountain", "a bird in the tree"]
-
-
-def _write_dataset(path: Path, rows: int, seed: int) -> None:
-    rng = random.Random(seed)
-    with path.open("w") as handle:
-        for _ in range(rows):
-            query = " ".join(rng.choices(WORDS, k=4))
-            row = {"query": query, "positive": query + " " + rng.choice(WORDS),
-                   "negatives": [" ".join(rng.choices(WORDS, k=5))], "instruction": "Find the matching text"}
-            handle.write(json.dumps(row) + "\n")
 
 
 @pytest.fixture()
 def run_config(tmp_path, tiny_model_dir):
     """A config for a 4-step run on two small datasets; returns (path, overrides-dict-writer)."""
-    _write_dataset(tmp_path / "a.jsonl", 24, seed=1)
-    _write_dataset(tmp_path / "b.jsonl", 24, seed=2)
+    write_tiny_dataset(tmp_path / "a.jsonl", 24, seed=1)
+    write_tiny_dataset(tmp_path / "b.jsonl", 24, seed=2)
     config = {
         "output_dir": str(tmp_path / "run"),
         "model": {"name": str(tiny_model_dir), "max_length": 48, "precision": "fp32"},

@@ -8,6 +8,8 @@ piece starts a new word).
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import torch
@@ -66,3 +68,18 @@ def save_tiny_llama(folder: Path, tokenizer: PreTrainedTokenizerFast, seed: int 
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+WORDS = "cat dog river mountain bird fox hound sea tree stone bridge mill cloud rain snow".split()
+
+
+def write_tiny_dataset(path: Path, rows: int, seed: int) -> Path:
+    """A JSONL training file in this project's format: word-salad queries, their positive, one hard negative."""
+    rng = random.Random(seed)
+    with path.open("w") as handle:
+        for _ in range(rows):
+            query = " ".join(rng.choices(WORDS, k=4))
+            row = {"query": query, "positive": query + " " + rng.choice(WORDS),
+                   "negatives": [" ".join(rng.choices(WORDS, k=5))], "instruction": "Find the matching text"}
+            handle.write(json.dumps(row) + "\n")
+    return path

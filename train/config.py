@@ -123,7 +123,9 @@ def _set_dotted(target: dict, dotted: str, raw_value: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key!r} is not a section")
-    node[keys[-1]] = yaml.safe_load(raw_value) if raw_value != "" else None
+    value = yaml.safe_load(raw_value) if raw_value != "" else None
+    # wandb's ${args_no_hyphens} writes Python reprs: None must mean null, not the string "None".
+    node[keys[-1]] = None if value == "None" else value
 
 
 def _format_errors(error: ValidationError) -> str:
