@@ -16,8 +16,6 @@ import json
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,6 +26,7 @@ from models import __version__
 from models.encoder import ECHO_CONFIG
 from models.lora import LoraSpec, apply_lora, load_trainable_state
 from models.registry import resolve_model
+from models.zero3 import outside_zero3
 
 ADAPTER_FILE = "adapter.safetensors"
 EXPORT_SPEC_FILE = "export_spec.json"
@@ -41,9 +40,9 @@ def export_spec(base_model: str, lora: LoraSpec, encoder_config: dict) -> dict:
 def export_merged(spec: dict, adapter_state: dict[str, torch.Tensor], out_dir: Path, model_card: str = "") -> Path:
     """Rebuild base + adapters on CPU in float32, load ``adapter_state``, merge, save atomically to ``out_dir``."""
     base_path = resolve_model(spec["base_model"])
-    with _outside_zero3():
+    with outside_zero3():  # the main process exports alone
         model = AutoModel.from_pretrained(base_path, dtype=torch.float32)
-    peft_model = apply_lora(model, LoraSpec(**spec["lora"]))
+        peft_model = apply_lora(model, LoraSpec(**spec["lora"]))
     load_trainable_state(peft_model, adapter_state, source=str(out_dir))
     merged = peft_model.merge_and_unload()
 
@@ -63,25 +62,6 @@ def export_merged(spec: dict, adapter_state: dict[str, torch.Tensor], out_dir: P
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
-
-
-@contextmanager
-def _outside_zero3() -> Iterator[None]:
-    """Load a whole model even inside a ZeRO-3 run.
-
-    Accelerate registers its DeepSpeed config with transformers, and under ZeRO-3
-    ``from_pretrained`` then partitions every weight with collective broadcasts, which
-    wait forever when the main process alone exports. The registration is a module-level
-    weak reference in transformers (no public way to restore it), lifted for the load.
-    """
-    from transformers.integrations import deepspeed as hf_deepspeed
-
-    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed.unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
 
 
 def _default_card(echo_config: dict) -> str:

@@ -21,11 +21,13 @@ remaining disagreement between accelerate, torch.distributed and the launcher's
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+from models.zero3 import outside_zero3
 from train.config import TrainConfig
 
 
@@ -106,3 +108,13 @@ def fill_deepspeed_config(accelerator: Accelerator, train: TrainConfig) -> None:
             node[key] = value
         elif current != value:
             raise ValueError(f"{source}: {dotted}={current!r} disagrees with {owner}={value!r}; set it to \"auto\"")
+
+
+def model_build_context(accelerator: Accelerator) -> AbstractContextManager:
+    """Where to load the base model and add LoRA: partitioned at load only if zero3_init_flag asks.
+
+    Accelerate's flag alone does not stop transformers from partitioning (models.zero3).
+    A whole model per process costs host memory (4 bytes a parameter) but nothing on the GPU.
+    """
+    plugin = accelerator.state.deepspeed_plugin if accelerator.distributed_type == DistributedType.DEEPSPEED else None
+    return outside_zero3() if plugin is not None and not plugin.zero3_init_flag else nullcontext()

@@ -30,7 +30,7 @@ from evaluation.tasks import evaluate_task, resolve_tasks
 from models import EchoEncoder, __version__
 from models.export import export_merged, export_spec
 from models.lora import LoraSpec, apply_lora, trainable_state_dict
-from train.accelerator import fill_deepspeed_config, make_accelerator
+from train.accelerator import fill_deepspeed_config, make_accelerator, model_build_context
 from train.checkpoint import load_checkpoint, resolve_resume, save_checkpoint
 from train.config import ConfigError, RunConfig, config_to_yaml, load_config
 from train.grad_cache import grad_cache_step, make_chunk_backward, single_forward_step
@@ -134,14 +134,15 @@ def main(argv: list[str] | None = None) -> Path:
               f"examples={len(examples)} batches_per_epoch={len(sampler)} datasets={sorted({e.dataset for e in examples})}")
 
     # Model: the encoder's base model gets LoRA adapters; weights stay float32, compute runs under autocast.
-    encoder = EchoEncoder.from_pretrained(config.model.name, mode=config.model.mode, pooling=config.model.pooling,
-                                          max_length=config.model.max_length, dtype="float32",
-                                          template_file=config.model.template_file, device=accelerator.device)
-    encoder.autocast_dtype = torch.bfloat16 if config.model.precision == "bf16" else None
-    lora_spec = LoraSpec(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
-                         target_modules=config.lora.target_modules, layers=config.lora.layers,
-                         trainable_token_ids=[encoder.tokenizer.eos_token_id] if config.lora.trainable_eos else [])
-    model = apply_lora(encoder.model, lora_spec)
+    with model_build_context(accelerator):
+        encoder = EchoEncoder.from_pretrained(config.model.name, mode=config.model.mode, pooling=config.model.pooling,
+                                              max_length=config.model.max_length, dtype="float32",
+                                              template_file=config.model.template_file, device=accelerator.device)
+        encoder.autocast_dtype = torch.bfloat16 if config.model.precision == "bf16" else None
+        lora_spec = LoraSpec(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout,
+                             target_modules=config.lora.target_modules, layers=config.lora.layers,
+                             trainable_token_ids=[encoder.tokenizer.eos_token_id] if config.lora.trainable_eos else [])
+        model = apply_lora(encoder.model, lora_spec)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
