@@ -98,10 +98,18 @@ def read_examples(
 
 def _iter_rows(path: str | Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
     """Yield ``(line number, row)`` from a JSONL file or an ``hf:`` dataset (1-based rows)."""
+    if str(path).startswith("hf:"):
+        yield from enumerate(_load_hf_rows(str(path)), start=1)
+    else:
+        yield from iter_jsonl(path)
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, row)`` for every non-blank line of a JSONL file of objects.
+
+    Raises DataFormatError ``<file>:<line>: <problem>`` on invalid JSON or a non-object row.
+    """
     source_name = str(path)
-    if source_name.startswith("hf:"):
-        yield from enumerate(_load_hf_rows(source_name), start=1)
-        return
     with open(path, encoding="utf-8") as lines:
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():

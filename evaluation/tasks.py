@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from data.formats import TASK_FILES, TASK_META_KEYS, DataFormatError
+from data.formats import TASK_FILES, TASK_META_KEYS, DataFormatError, iter_jsonl
 from evaluation import metrics
 from evaluation.toy import TOY_FILES, cached_toy_task, positive_win_rate
 
@@ -109,26 +109,17 @@ def read_task_file(path: Path, keys: tuple[str, ...]) -> list[dict[str, Any]]:
     file holds no rows; FileNotFoundError when it does not exist.
     """
     rows = []
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"{where}: invalid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{where}: row must be a JSON object")
-            for key in keys:
-                if key not in row:
-                    raise DataFormatError(f"{where}: missing key {key!r}")
-                value = row[key]
-                # bool is an int subclass in Python but never a valid relevance, score or label.
-                if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
-                    expected = " or ".join(t.__name__ for t in _FIELD_TYPES[key])
-                    raise DataFormatError(f"{where}: {key!r} must be {expected}, got {value!r}")
-            rows.append(row)
+    for line_number, row in iter_jsonl(path):
+        where = f"{path}:{line_number}"
+        for key in keys:
+            if key not in row:
+                raise DataFormatError(f"{where}: missing key {key!r}")
+            value = row[key]
+            # bool is an int subclass in Python but never a valid relevance, score or label.
+            if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
+                expected = " or ".join(t.__name__ for t in _FIELD_TYPES[key])
+                raise DataFormatError(f"{where}: {key!r} must be {expected}, got {value!r}")
+        rows.append(row)
     if not rows:
         raise DataFormatError(f"{path}: no rows")
     return rows
