@@ -148,7 +148,9 @@ class EchoEncoder(nn.Module):
             ).last_hidden_state
         return pool(hidden, batch["pooled_mask"], batch["attention_mask"], self.pooling)
 
-    @torch.inference_mode()
+    # no_grad, not inference_mode: under DeepSpeed ZeRO-3 the weights gathered for these forwards
+    # would become inference tensors, which a later training forward cannot save for backward.
+    @torch.no_grad()
     def encode(
         self,
         texts: Sequence[str],
@@ -173,11 +175,15 @@ class EchoEncoder(nn.Module):
             show_progress = len(starts) > 8
         was_training = self.model.training
         self.model.eval()
-        vectors = np.empty((len(prompts), self.model.config.hidden_size), dtype=np.float32)
+        blocks = []
         for start in tqdm(starts, desc=f"encode {kind}", disable=not show_progress, unit="batch"):
             rows = order[start : start + batch_size]
-            vectors[rows] = self.embed(self.collate([prompts[row] for row in rows])).cpu().numpy()
+            blocks.append((rows, self.embed(self.collate([prompts[row] for row in rows])).cpu().numpy()))
         self.model.train(was_training)
+        # The width comes from the embeddings: a wrapped model (DDP, a DeepSpeed engine) has no HF config.
+        vectors = np.empty((len(prompts), blocks[0][1].shape[1]), dtype=np.float32)
+        for rows, block in blocks:
+            vectors[rows] = block
         return vectors
 
 

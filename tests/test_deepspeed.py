@@ -60,6 +60,20 @@ def run_config(tmp_path_factory, tiny_model_dir) -> Path:
     return path
 
 
+def _write_dev_task(folder: Path) -> Path:
+    """A 4-query retrieval task (the task-folder format of data/prepare.py's dev sets)."""
+    folder.mkdir()
+    (folder / "task.json").write_text(json.dumps({"name": "tiny-dev", "type": "retrieval",
+                                                  "instruction": "Find the matching text", "symmetric": False,
+                                                  "source": "test", "license": "test", "description": "test"}))
+    texts = ["the fox crossed the river", "snow on the mountain", "a bird in the tree", "the dog by the sea"]
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": t + " today"}) + "\n" for i, t in enumerate(texts)))
+    (folder / "qrels.jsonl").write_text("".join(json.dumps({"query_id": f"q{i}", "doc_id": f"d{i}", "relevance": 1}) + "\n"
+                                                for i in range(len(texts))))
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     threads = torch.get_num_threads()
@@ -129,11 +143,17 @@ def test_two_processes_train_like_one(run_config, mean_pooling_reference, tmp_pa
 
 @pytest.mark.slow
 def test_zero3_trainable_eos_saves_complete_weights_and_resumes_exactly(run_config, tmp_path):
-    eos = ["model.pooling=last", "lora.trainable_eos=true"]
+    # Dev evaluation before, between (eval_every) and after the training steps: ZeRO-3 forwards
+    # without grad must leave the gathered weights usable by the next training forward.
+    dev = _write_dev_task(tmp_path / "dev")
+    eos = ["model.pooling=last", "lora.trainable_eos=true", f"data.dev={dev}", "train.eval_every=2"]
     reference = _one_process(run_config, tmp_path / "one-process", *eos)
     straight = tmp_path / "zero3-straight"
     _two_processes(["--zero", "3"], run_config, straight, *eos)
     _assert_same_training(straight, reference)
+    dev_metrics, expected_dev = ({(record["step"], key): value for record in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+                                  for key, value in record.items() if key.startswith("dev/")} for run in (straight, reference))
+    assert {step for step, _ in dev_metrics} == {0, 2, STEPS} and dev_metrics == pytest.approx(expected_dev, abs=1e-6)
     # The gathered adapter is whole: every shape and value as the one process saved it, the EOS row included.
     adapter = load_file(straight / "checkpoints" / "step-2" / "adapter.safetensors")
     expected = load_file(reference / "checkpoints" / "step-2" / "adapter.safetensors")

@@ -101,7 +101,15 @@ def evaluate_dev(encoder: EchoEncoder, dev: Path | None, max_queries: int | None
     if dev is None:
         return {}
     metrics = evaluate_task(encoder, dev, max_examples=max_queries)
+    release_prefetched_parameters(encoder.model)
     return {f"dev/{name}": value for name, value in metrics.items()}
+
+
+def release_prefetched_parameters(model) -> None:
+    """Forwards without a backward (evaluation) leave ZeRO-3 holding parameters it prefetched for
+    the backward; release them, or the next gather (checkpoint, export) finds them in flight."""
+    if hasattr(model, "empty_partition_cache"):  # a DeepSpeed engine; a no-op below ZeRO-3
+        model.empty_partition_cache()
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -233,6 +241,7 @@ def main(argv: list[str] | None = None) -> Path:
     for task, folder in export_tasks.items():  # the unmerged model embeds exactly as its export will
         task_metrics = evaluate_task(encoder, folder, max_examples=config.export.eval_max_examples)
         final_metrics.update({f"eval/{task}/{name}": value for name, value in task_metrics.items()})
+    release_prefetched_parameters(model)
     logger.log(config.train.max_steps, final_metrics)
     logger.close()
 
@@ -276,6 +285,10 @@ def cli(argv: list[str] | None = None) -> int:
     except ValueError as error:  # ConfigError, DataFormatError, UsageError and other bad-input errors
         print(f"error: {error}", file=sys.stderr)
         return 2
+    # Tear the process group down before interpreter exit does it: a ZeRO-3 rank once aborted
+    # there ("terminate called without an active exception") after a finished run.
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
