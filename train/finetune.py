@@ -10,6 +10,7 @@ prints is ``export: <path of the merged model>``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -285,10 +286,15 @@ def cli(argv: list[str] | None = None) -> int:
     except ValueError as error:  # ConfigError, DataFormatError, UsageError and other bad-input errors
         print(f"error: {error}", file=sys.stderr)
         return 2
-    # Tear the process group down before interpreter exit does it: a ZeRO-3 rank once aborted
-    # there ("terminate called without an active exception") after a finished run.
     if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        # A finished multi-process run can still abort in C++ destructors at interpreter exit
+        # ("terminate called without an active exception" on a ZeRO-3 rank, intermittently, after
+        # every file was written). Once all ranks are past this barrier nothing is left to write,
+        # so leave without that teardown.
+        torch.distributed.barrier()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
