@@ -29,7 +29,7 @@ matching config from configs/accelerate/ (DeepSpeed files in configs/deepspeed/)
   --dry-run         print the command without running it
   -h, --help        this text
 
-  ./launch.sh sweep SWEEP.yaml [key=value ...]   runs python -m evaluation.sweep (its --help)
+  ./launch.sh sweep SWEEP.yaml [key=value ...]   runs python -m train.launchers.sweep (its --help)
 
 The batch keys are global: train.batch_size queries per contrastive batch over all
 processes (it must divide by the process count). Examples:
@@ -148,6 +148,6 @@ train() {
 
 case "${1:-}" in
     -h|--help) usage ;;
-    sweep) shift; PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec python -m evaluation.sweep "$@" ;;
+    sweep) shift; PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec python -m train.launchers.sweep "$@" ;;
     *) train "$@" ;;
 esac

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from echo_base import BadInputError
+
 ExampleFormat = Literal["echo", "flag", "e5"]
 TaskType = Literal["retrieval", "sts", "classification", "clustering"]
 
@@ -60,7 +62,7 @@ class TrainingExample:
         return row
 
 
-class DataFormatError(ValueError):
+class DataFormatError(BadInputError):
     """A malformed data row; the message is one line ``<file>:<line>: <what is wrong>``."""
 
 

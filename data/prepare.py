@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.cache import cache_dir
+from echo_base import cache_dir
 from data.formats import TrainingExample, write_jsonl, write_task
 from data.sources import bible, brown, gcide, movie_reviews, python_docs, wordnet
 from data.sources.split import Split

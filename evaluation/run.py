@@ -17,15 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from echo_base import UsageError
 from evaluation.report import format_markdown_table, write_report
 from evaluation.tasks import MAIN_METRICS, evaluate_task, load_task_info, resolve_tasks
 
 POOLINGS = ("mean", "last")
 ZERO_SHOT_MODES = "classical,echo,prompteol"
-
-
-class UsageError(ValueError):
-    """A bad command-line value; main prints it as one line."""
 
 
 def parse_list(value: str | None, flag: str) -> list[str] | None:

@@ -27,7 +27,7 @@ from typing import Literal
 
 import numpy as np
 
-from data.cache import cache_dir
+from echo_base import cache_dir
 from data.formats import write_jsonl
 
 Structure = Literal["S1", "S2"]

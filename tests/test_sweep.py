@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluation.sweep import SweepError, load_sweep, main, sweep_points
+from train.launchers.sweep import SweepError, load_sweep, main, sweep_points
 from tests.tiny_models import write_tiny_dataset
 
 SHIPPED = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "ablation.yaml"

@@ -13,8 +13,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from echo_base import BadInputError
 
-class ConfigError(ValueError):
+
+class ConfigError(BadInputError):
     """A bad config: the message names every bad key and says what is expected."""
 
 

@@ -23,8 +23,9 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from transformers import get_scheduler
 
-from data.collate import collate_examples, pad_in_chunks
-from data.formats import DataFormatError, TrainingExample, read_examples
+from train.collate import collate_examples, pad_in_chunks
+from data.formats import TrainingExample, read_examples
+from echo_base import UsageError
 from data.prepare import prepare_training_mix
 from data.sampler import SingleDatasetBatchSampler, shard
 from evaluation.tasks import evaluate_task, resolve_tasks
@@ -37,10 +38,6 @@ from train.config import ConfigError, RunConfig, config_to_yaml, load_config
 from train.grad_cache import grad_cache_step, make_chunk_backward, single_forward_step
 from train.loss import InfoNCELoss, text_key
 from train.tracking import RunLogger, peak_memory_gb
-
-
-class UsageError(ValueError):
-    """Bad command-line arguments or input data: reported as one line, exit code 2."""
 
 
 def parse_args(argv: list[str]) -> RunConfig:

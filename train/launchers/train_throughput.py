@@ -1,6 +1,6 @@
 """Training step throughput and peak memory at several global batch sizes, GradCache on.
 
-    python -m evaluation.benchmarks.train_throughput --batches 16,256 --chunk-size 16 --steps 3
+    python -m train.launchers.train_throughput --batches 16,256 --chunk-size 16 --steps 3
 
 Each setting is a fresh `train/finetune.py` process on the given config (dev evaluation,
 checkpoints and export off), so peak memory is that run's own. Throughput averages the
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from train.config import load_config
 
-FINETUNE = Path(__file__).resolve().parents[2] / "train" / "finetune.py"
+FINETUNE = Path(__file__).resolve().parents[1] / "finetune.py"
 
 
 def run_setting(config: str, batch_size: int, chunk_size: int, steps: int, extra: list[str]) -> dict[str, float]:
@@ -40,7 +40,7 @@ def run_setting(config: str, batch_size: int, chunk_size: int, steps: int, extra
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.benchmarks.train_throughput", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m train.launchers.train_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/echo_lora.yaml")
     parser.add_argument("--batches", default="16,256", help="global contrastive batch sizes (queries)")
     parser.add_argument("--chunk-size", type=int, default=16, help="GradCache chunk (sequences per forward)")

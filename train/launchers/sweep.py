@@ -1,7 +1,7 @@
 """Ablation sweeps in wandb's sweep format, run by wandb when online and locally otherwise.
 
     ./launch.sh sweep configs/sweeps/ablation.yaml [key=value ...]
-    python -m evaluation.sweep configs/sweeps/ablation.yaml [--executor auto|local|wandb] [--max-runs N] [key=value ...]
+    python -m train.launchers.sweep configs/sweeps/ablation.yaml [--executor auto|local|wandb] [--max-runs N] [key=value ...]
 
 A sweep file is a wandb sweep configuration: ``method`` (grid or random), ``metric``
 (``name``, ``goal``), ``parameters`` (``values``, ``value``, or for random search a
@@ -35,7 +35,7 @@ import yaml
 
 from train.tracking import wandb_mode
 
-FINETUNE = Path(__file__).resolve().parents[1] / "train" / "finetune.py"
+FINETUNE = Path(__file__).resolve().parents[1] / "finetune.py"
 
 
 class SweepError(ValueError):
@@ -180,7 +180,7 @@ def run_wandb(spec: dict[str, Any], overrides: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evaluation.sweep", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m train.launchers.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="sweep file in wandb's format (configs/sweeps/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="section.key=value applied to every run")
     parser.add_argument("--executor", choices=["auto", "local", "wandb"], default="auto")
