@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from echo_base import cache_dir
+from echo_base import BadInputError, atomic_folder, cache_dir
 from data.formats import TrainingExample, write_jsonl, write_task
 from data.sources import bible, brown, gcide, movie_reviews, python_docs, wordnet
 from data.sources.split import Split
@@ -102,14 +100,16 @@ def prepare_training_mix(name: str = "default", force: bool = False) -> Path:
 
     Holds ``train/<dataset>.jsonl`` (read with ``read_examples(path, "echo", dataset=...)``),
     ``dev/`` (a retrieval task folder), ``SOURCES.md`` and ``manifest.json``. Raises
-    ``KeyError`` listing the known mixes for an unknown name.
+    ``BadInputError`` listing the known mixes for an unknown name.
     """
     if name not in MIXES:
-        raise KeyError(f"unknown training mix {name!r}; known mixes: {sorted(MIXES)}")
+        raise BadInputError(f"unknown training mix {name!r}; known mixes: {sorted(MIXES)}")
     target = cache_dir("training-mixes") / name
     if (target / "manifest.json").is_file() and not force:
         return target
-    return _build_atomically(target, lambda folder: _write_training_mix(folder, name))
+    with atomic_folder(target) as folder:
+        _write_training_mix(folder, name)
+    return target
 
 
 def prepare_eval_tasks(force: bool = False) -> dict[str, Path]:
@@ -117,28 +117,10 @@ def prepare_eval_tasks(force: bool = False) -> dict[str, Path]:
     root = cache_dir("eval-tasks")
     target = root / "tasks"
     if not (target / "manifest.json").is_file() or force:
-        _build_atomically(target, _write_eval_tasks)
+        with atomic_folder(target) as folder:
+            _write_eval_tasks(folder)
     manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
     return {task: target / task for task in manifest["tasks"]}
-
-
-def _build_atomically(target: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write`` into a temporary sibling of ``target``, then swap it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-building-"))
-    try:
-        write(staging)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-old-"))
-            target.rename(retired / target.name)
-            staging.rename(target)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    return target
 
 
 def train_split_texts() -> set[str]:

