@@ -39,6 +39,8 @@ TASK_FILES: dict[str, dict[str, tuple[str, ...]]] = {
     "sts": {"pairs.jsonl": ("text1", "text2", "score")},
     "classification": {"train.jsonl": ("text", "label"), "test.jsonl": ("text", "label")},
     "clustering": {"items.jsonl": ("text", "label")},
+    # The S1/S2 whole-sentence diagnostic (data/toy.py): triples of both structures in one file.
+    "toy": {"triples.jsonl": ("structure", "query", "positive", "negative")},
 }
 TASK_META_KEYS = ("name", "type", "instruction", "symmetric", "source", "license", "description")
 

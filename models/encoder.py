@@ -17,7 +17,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from models.pooling import Pooling, pool
+from echo_base import BadInputError
+from models.pooling import Pooling, check_pooling, pool
 from models.registry import resolve_model
 from models.templates import TemplateSet, get_template_set, template_set_from_dict
 from models.tokenization import PromptIds, PromptTokenizer, pad_prompts
@@ -43,10 +44,9 @@ class EchoEncoder(nn.Module):
         autocast_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if pooling not in ("mean", "last"):
-            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+        check_pooling(pooling)
         if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
-            raise ValueError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
+            raise BadInputError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.templates = templates
@@ -62,12 +62,18 @@ class EchoEncoder(nn.Module):
         )
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
-            raise ValueError("the tokenizer has neither a pad_token nor an eos_token to pad with")
+            raise BadInputError("the tokenizer has neither a pad_token nor an eos_token to pad with")
         self.pad_id: int = pad_id
 
     @property
-    def mode(self) -> str:
+    def template_set(self) -> str:
+        """The name of the template set (echo, classical, ...)."""
         return self.templates.name
+
+    @property
+    def mode(self) -> str:
+        """The template set's name under its old name, kept for code written against 0.1."""
+        return self.template_set
 
     @property
     def device(self) -> torch.device:
@@ -88,16 +94,16 @@ class EchoEncoder(nn.Module):
     ) -> EchoEncoder:
         """Load a model by registry name, local folder or hub id.
 
-        ``mode`` and ``pooling`` left out take what the folder's ``echo_config.json``
+        ``mode`` names the template set. It and ``pooling``, left out, take what the folder's ``echo_config.json``
         records (an export from training carries its templates and pooling), else
         echo + mean. ``dtype``: None = float32 weights with bf16 autocast; "float32" =
         exact float32; "bfloat16"/"float16" = weights in that dtype.
-        Raises ValueError on an unknown mode, pooling or dtype.
+        Raises ValueError on an unknown template set, pooling or dtype.
         """
         if dtype is not None and not isinstance(dtype, torch.dtype) and dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
-        if pooling is not None and pooling not in ("mean", "last"):
-            raise ValueError(f"pooling must be 'mean' or 'last', got {pooling!r}")
+            raise BadInputError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
+        if pooling is not None:
+            check_pooling(pooling)
         path = resolve_model(name_or_path)
         saved = _read_echo_config(path)
         if mode is not None:
@@ -118,19 +124,28 @@ class EchoEncoder(nn.Module):
         model.to(device).eval()
         return cls(model, tokenizer, templates, pooling, max_length, autocast_dtype)
 
-    def with_mode(self, mode: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
+    def with_templates(self, template_set: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
         """Another encoder over the same weights with a different template set and/or pooling."""
-        templates = mode if isinstance(mode, TemplateSet) else (get_template_set(mode) if mode else self.templates)
+        if isinstance(template_set, TemplateSet):
+            templates = template_set
+        else:
+            templates = get_template_set(template_set) if template_set else self.templates
         return EchoEncoder(self.model, self.tokenizer, templates, pooling or self.pooling, self.max_length,
                            self.autocast_dtype)
+
+    def with_mode(self, mode: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
+        """:meth:`with_templates` under its old name, kept for code written against 0.1."""
+        return self.with_templates(mode, pooling)
 
     def echo_config(self) -> dict:
         """What an export records so that ``from_pretrained`` rebuilds this encoder."""
         return {"templates": self.templates.to_dict(), "pooling": self.pooling, "max_length": self.max_length}
 
     # -- the embedding path ------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], kind: str = "query", instruction: str | None = None) -> list[PromptIds]:
-        """Prompt ids for ``texts``; validates the arguments."""
+    def tokenize(
+        self, texts: Sequence[str], kind: str = "query", instruction: str | Sequence[str | None] | None = None
+    ) -> list[PromptIds]:
+        """Prompt ids for ``texts``; ``instruction`` is one for all texts or one per text. Validates the arguments."""
         _check_texts(texts)
         return self.prompt_tokenizer(texts, kind, instruction)
 
@@ -155,11 +170,13 @@ class EchoEncoder(nn.Module):
         self,
         texts: Sequence[str],
         kind: str = "query",
-        instruction: str | None = None,
+        instruction: str | Sequence[str | None] | None = None,
         batch_size: int = 32,
         show_progress: bool | None = None,
     ) -> np.ndarray:
         """Embed ``texts``: float32 numpy [len(texts), hidden], rows L2-normalized.
+
+        ``instruction`` is one instruction for all texts or a list with one per text.
 
         Texts are sorted by length so batches carry little padding; the result is in
         input order, and a text gets the same vector alone or in a batch. Raises
@@ -167,7 +184,7 @@ class EchoEncoder(nn.Module):
         bad batch size.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise BadInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         prompts = self.tokenize(texts, kind, instruction)
         order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
         starts = range(0, len(order), batch_size)
@@ -189,14 +206,14 @@ class EchoEncoder(nn.Module):
 
 def _check_texts(texts: Sequence[str]) -> None:
     if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise ValueError(f"texts must be a list of strings (wrap a single text as [text]), got {type(texts).__name__}")
+        raise BadInputError(f"texts must be a list of strings (wrap a single text as [text]), got {type(texts).__name__}")
     if len(texts) == 0:
-        raise ValueError("texts is empty: nothing to encode")
+        raise BadInputError("texts is empty: nothing to encode")
     for index, text in enumerate(texts):
         if not isinstance(text, str):
-            raise ValueError(f"texts[{index}] is {type(text).__name__}, not a string")
+            raise BadInputError(f"texts[{index}] is {type(text).__name__}, not a string")
         if not text.strip():
-            raise ValueError(f"texts[{index}] is empty")
+            raise BadInputError(f"texts[{index}] is empty")
 
 
 def _read_echo_config(path: str) -> dict | None:
@@ -206,4 +223,4 @@ def _read_echo_config(path: str) -> dict | None:
     try:
         return json.loads(config_file.read_text())
     except json.JSONDecodeError as error:
-        raise ValueError(f"{config_file}: not valid JSON ({error})") from None
+        raise BadInputError(f"{config_file}: not valid JSON ({error})") from None

@@ -7,32 +7,40 @@ folds it into the embedding matrix like any LoRA delta.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """Everything needed to rebuild the same adapters on a fresh base model (export does)."""
-
-    r: int = 16
-    alpha: float = 16.0
-    dropout: float = 0.0
-    target_modules: list[str] | str = "all-linear"
-    layers: list[int] | None = None
-    trainable_token_ids: list[int] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from echo_base import BadInputError
 
 
-def apply_lora(model: PreTrainedModel, spec: LoraSpec) -> PeftModel:
-    """Wrap ``model`` with LoRA adapters; only adapter (and chosen token) weights train."""
-    target_modules, layers_pattern = spec.target_modules, None
-    if spec.layers is not None:
+class LoraConfig(BaseModel):
+    """The adapters, declared once: the ``lora`` section of a run config and what a checkpoint
+    records to rebuild the same adapters on a fresh base model (export does)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch input.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules to adapt; 'all-linear' = every attention and MLP projection.")
+    layers: list[int] | None = Field(None, description="Adapt only these decoder layers (None = all). Adapting only the top layers skips most of the backward pass.")
+    trainable_eos: bool = Field(False, description="Train the EOS token's input embedding (the paper's last-token recipe).")
+
+
+def apply_lora(model: PreTrainedModel, config: LoraConfig, eos_token_id: int | None) -> PeftModel:
+    """Wrap ``model`` with LoRA adapters; only adapter (and, with ``trainable_eos``, the EOS row) weights train.
+
+    Raises BadInputError when ``config.trainable_eos`` is set and ``eos_token_id`` is None.
+    """
+    if config.trainable_eos and eos_token_id is None:
+        raise BadInputError("lora.trainable_eos needs a tokenizer with an eos_token")
+    target_modules, layers_pattern = config.target_modules, None
+    if config.layers is not None:
         # peft's layers_to_transform needs module names (every linear layer but an LM head) and
         # the name of the decoder-layer list ("layers" in Llama, "h" in GPT-2), found here.
         if target_modules == "all-linear":
@@ -40,17 +48,17 @@ def apply_lora(model: PreTrainedModel, spec: LoraSpec) -> PeftModel:
                                      if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head")})
         layers_pattern = next(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                               if isinstance(module, torch.nn.ModuleList) and len(module) == model.config.num_hidden_layers)
-    config = LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        lora_dropout=spec.dropout,
+    peft_config = PeftLoraConfig(
+        r=config.r,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
         target_modules=target_modules,
-        layers_to_transform=spec.layers,
+        layers_to_transform=config.layers,
         layers_pattern=layers_pattern,
-        trainable_token_indices=spec.trainable_token_ids or None,
+        trainable_token_indices=[eos_token_id] if config.trainable_eos else None,
         bias="none",
     )
-    return get_peft_model(model, config)
+    return get_peft_model(model, peft_config)
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -72,11 +80,11 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def load_trainable_state(model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:
     """Load adapter weights saved by :func:`trainable_state_dict`, checking the key sets exactly.
 
-    Raises ValueError naming ``source`` when a trainable weight is missing or an
+    Raises BadInputError naming ``source`` when a trainable weight is missing or an
     unexpected one is present (a non-strict load would otherwise pass silently).
     """
     expected = {name for name, param in model.named_parameters() if param.requires_grad}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise ValueError(f"{source}: adapter weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise BadInputError(f"{source}: adapter weights do not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state, strict=False)

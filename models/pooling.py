@@ -1,13 +1,27 @@
-"""Pooling of hidden states into one vector per prompt, correct under either padding side."""
+"""Pooling of hidden states into one vector per prompt, correct under either padding side.
+
+:data:`Pooling` is the one pooling type of the project: configs, command lines, the
+encoder and the MTEB adapter all take their choices and their check from here.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 
+from echo_base import BadInputError
+
 Pooling = Literal["mean", "last"]
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
+
+
+def check_pooling(name: object) -> Pooling:
+    """Return ``name`` as a :data:`Pooling`; raises BadInputError listing the choices otherwise."""
+    if name not in POOLINGS:
+        raise BadInputError(f"pooling must be one of {', '.join(POOLINGS)}, got {name!r}")
+    return name  # type: ignore[return-value]
 
 
 def pool(hidden_states: torch.Tensor, pooled_mask: torch.Tensor, attention_mask: torch.Tensor, method: Pooling) -> torch.Tensor:
@@ -20,13 +34,11 @@ def pool(hidden_states: torch.Tensor, pooled_mask: torch.Tensor, attention_mask:
     compute dtype, so bf16 states are averaged without bf16 rounding.
     """
     hidden_states = hidden_states.float()
-    if method == "mean":
+    if check_pooling(method) == "mean":
         weights = pooled_mask.to(hidden_states.dtype).unsqueeze(-1)
         pooled = (hidden_states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-    elif method == "last":
+    else:
         positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
         last = (positions * attention_mask).argmax(dim=1)
         pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
-    else:
-        raise ValueError(f"pooling must be 'mean' or 'last', got {method!r}")
     return F.normalize(pooled, dim=-1)

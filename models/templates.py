@@ -30,6 +30,8 @@ from typing import Literal
 
 import yaml
 
+from echo_base import BadInputError
+
 PieceKind = Literal["literal", "instruction", "text", "pooled_text"]
 _PLACEHOLDER = re.compile(r"\{(instruction|text|pooled_text)\}")
 
@@ -51,7 +53,7 @@ class Template:
 
     @classmethod
     def parse(cls, source: str) -> Template:
-        """Parse a template string; raises ValueError unless it pools exactly one text copy."""
+        """Parse a template string; raises BadInputError unless it pools exactly one text copy."""
         pieces: list[Piece] = []
         position = 0
         for match in _PLACEHOLDER.finditer(source):
@@ -63,12 +65,12 @@ class Template:
             pieces.append(Piece("literal", source[position:]))
         kinds = [piece.kind for piece in pieces]
         if kinds.count("pooled_text") != 1:
-            raise ValueError(f"template {source!r} must contain {{pooled_text}} exactly once")
+            raise BadInputError(f"template {source!r} must contain {{pooled_text}} exactly once")
         if kinds.count("instruction") > 1:
-            raise ValueError(f"template {source!r} contains {{instruction}} more than once")
+            raise BadInputError(f"template {source!r} contains {{instruction}} more than once")
         leftover = re.search(r"\{[A-Za-z_]*\}", _PLACEHOLDER.sub("", source))
         if leftover:
-            raise ValueError(
+            raise BadInputError(
                 f"template {source!r} has unknown placeholder {leftover.group(0)}; "
                 "use {instruction}, {text} or {pooled_text}"
             )
@@ -90,7 +92,7 @@ class Template:
 
 @dataclass(frozen=True)
 class TemplateSet:
-    """The query and document templates of one prompting mode."""
+    """The query and document templates of one prompting scheme (echo, classical, PromptEOL, ...)."""
 
     name: str
     query: Template
@@ -103,7 +105,7 @@ class TemplateSet:
             return self.query
         if kind == "document":
             return self.document
-        raise ValueError(f"kind must be 'query' or 'document', got {kind!r}")
+        raise BadInputError(f"kind must be 'query' or 'document', got {kind!r}")
 
     def to_dict(self) -> dict:
         """Plain data for echo_config.json; :func:`template_set_from_dict` reads it back."""
@@ -117,21 +119,21 @@ class TemplateSet:
 
 
 def template_set_from_dict(name: str, spec: dict) -> TemplateSet:
-    """Build a set from YAML/JSON data; raises ValueError naming the set and the bad key."""
+    """Build a set from YAML/JSON data; raises BadInputError naming the set and the bad key."""
     allowed = {"name", "query", "document", "default_instruction", "eos_for_last"}
     unknown = set(spec) - allowed
     if unknown:
-        raise ValueError(f"template set {name!r}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise BadInputError(f"template set {name!r}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     for key in ("query", "document"):
         if not isinstance(spec.get(key), str):
-            raise ValueError(f"template set {name!r}: {key!r} must be a template string")
+            raise BadInputError(f"template set {name!r}: {key!r} must be a template string")
     try:
         query, document = Template.parse(spec["query"]), Template.parse(spec["document"])
     except ValueError as error:
-        raise ValueError(f"template set {name!r}: {error}") from None
+        raise BadInputError(f"template set {name!r}: {error}") from None
     eos_for_last = spec.get("eos_for_last", True)
     if not isinstance(eos_for_last, bool):
-        raise ValueError(f"template set {name!r}: 'eos_for_last' must be true or false")
+        raise BadInputError(f"template set {name!r}: 'eos_for_last' must be true or false")
     return TemplateSet(name, query, document, spec.get("default_instruction"), eos_for_last)
 
 
@@ -180,27 +182,27 @@ def load_template_sets(path: str | Path) -> dict[str, TemplateSet]:
     try:
         raw = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read template file: {error}") from None
+        raise BadInputError(f"{path}: cannot read template file: {error}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a template file maps set names to {{query, document}} specs")
+        raise BadInputError(f"{path}: a template file maps set names to {{query, document}} specs")
     sets = {}
     for name, spec in raw.items():
         if not isinstance(spec, dict):
-            raise ValueError(f"{path}: template set {name!r} must be a mapping")
+            raise BadInputError(f"{path}: template set {name!r} must be a mapping")
         try:
             sets[name] = template_set_from_dict(name, {**spec, "name": name})
         except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+            raise BadInputError(f"{path}: {error}") from None
     return sets
 
 
 def get_template_set(name: str, template_file: str | Path | None = None) -> TemplateSet:
-    """A built-in set by name, or one from ``template_file``; raises ValueError listing the choices."""
+    """A built-in set by name, or one from ``template_file``; raises BadInputError listing the choices."""
     available = dict(BUILTIN_TEMPLATE_SETS)
     if template_file is not None:
         available.update(load_template_sets(template_file))
     if name not in available:
-        raise ValueError(f"unknown mode {name!r}; choose one of {sorted(available)}")
+        raise BadInputError(f"unknown template set {name!r}; choose one of {sorted(available)}")
     return available[name]
 
 

@@ -29,6 +29,7 @@ from functools import cached_property
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from echo_base import BadInputError
 from models.templates import Template, TemplateSet
 
 
@@ -59,7 +60,7 @@ class PromptTokenizer:
         max_length: int | None,
     ) -> None:
         if append_eos and tokenizer.eos_token_id is None:
-            raise ValueError("last-token pooling appends EOS, but the tokenizer defines no eos_token")
+            raise BadInputError("last-token pooling appends EOS, but the tokenizer defines no eos_token")
         self.tokenizer = tokenizer
         self.templates = templates
         self.append_eos = append_eos
@@ -89,34 +90,34 @@ class PromptTokenizer:
         return self._literal_cache[text]
 
     # -- the prompt ----------------------------------------------------------------------
-    def __call__(self, texts: Sequence[str], kind: str, instruction: str | None = None) -> list[PromptIds]:
+    def __call__(
+        self, texts: Sequence[str], kind: str, instruction: str | Sequence[str | None] | None = None
+    ) -> list[PromptIds]:
         """Tokenize ``texts`` as ``kind`` ('query' or 'document') prompts.
 
-        Raises ValueError when the template needs an instruction and none is given or
-        defaulted, or when ``max_length`` leaves no room for the text.
+        ``instruction`` is one instruction for all texts, or a list with one per text (a
+        batch mixing datasets); the template's fixed pieces are tokenized once per
+        distinct instruction. Raises BadInputError when the template needs an instruction
+        and none is given or defaulted, when the list's length differs from the texts',
+        or when ``max_length`` leaves no room for the text.
         """
+        if instruction is None or isinstance(instruction, str):
+            instructions: Sequence[str | None] = [instruction] * len(texts)
+        elif len(instruction) != len(texts):
+            raise BadInputError(f"got {len(instruction)} instructions for {len(texts)} texts; give one per text or one for all")
+        else:
+            instructions = instruction
         template = self.templates.for_kind(kind)
-        if template.takes_instruction:
-            instruction = instruction or self.templates.default_instruction
-            if not instruction:
-                raise ValueError(f"the {kind} template of mode {self.templates.name!r} needs an instruction")
-        pieces, text_spaced = self._piece_ids(template, instruction or "")
-        eos = [self.tokenizer.eos_token_id] if self.append_eos else []
-        prefix = self._special_prefix
-        fixed_length = len(prefix) + sum(len(ids) for ids, _ in pieces if ids is not None) + len(eos)
-        budget = None
-        if self.max_length is not None:
-            # Every copy gets the same number of tokens, so the copies stay identical.
-            budget = (self.max_length - fixed_length) // template.text_copies
-            if budget < 1:
-                raise ValueError(f"max_length={self.max_length} leaves no room for text in mode {self.templates.name!r}")
-        space = " " if text_spaced and not self._adds_word_boundary else ""
+        layouts = {value: self._layout(template, kind, value) for value in dict.fromkeys(instructions)}
+        space = " " if _text_follows_space(template) and not self._adds_word_boundary else ""
         text_ids = self.tokenizer([space + text for text in texts], add_special_tokens=False)["input_ids"]
 
+        eos = [self.tokenizer.eos_token_id] if self.append_eos else []
         prompts = []
-        for ids in text_ids:
+        for ids, value in zip(text_ids, instructions):
+            pieces, budget = layouts[value]
             ids = list(ids[:budget])
-            input_ids, pooled_mask = list(prefix), [0] * len(prefix)
+            input_ids, pooled_mask = list(self._special_prefix), [0] * len(self._special_prefix)
             for piece_ids, pooled in pieces:
                 piece_ids = ids if piece_ids is None else piece_ids
                 input_ids += piece_ids
@@ -126,15 +127,29 @@ class PromptTokenizer:
             prompts.append(PromptIds(tuple(input_ids), tuple(pooled_mask)))
         return prompts
 
-    def _piece_ids(self, template: Template, instruction: str) -> tuple[list[tuple[list[int] | None, bool]], bool]:
-        """Ids of each fixed piece (None for a text copy) with its pooled flag, and the text copies' spacing.
+    def _layout(self, template: Template, kind: str, instruction: str | None) -> tuple[list[tuple[list[int] | None, bool]], int | None]:
+        """The fixed pieces' ids for one instruction, and the token budget left for each text copy."""
+        if template.takes_instruction:
+            instruction = instruction or self.templates.default_instruction
+            if not instruction:
+                raise BadInputError(f"the {kind} template of template set {self.templates.name!r} needs an instruction")
+        pieces = self._piece_ids(template, instruction or "")
+        if self.max_length is None:
+            return pieces, None
+        fixed_length = len(self._special_prefix) + sum(len(ids) for ids, _ in pieces if ids is not None) + int(self.append_eos)
+        # Every copy gets the same number of tokens, so the copies stay identical.
+        budget = (self.max_length - fixed_length) // template.text_copies
+        if budget < 1:
+            raise BadInputError(f"max_length={self.max_length} leaves no room for text in template set {self.templates.name!r}")
+        return pieces, budget
+
+    def _piece_ids(self, template: Template, instruction: str) -> list[tuple[list[int] | None, bool]]:
+        """Ids of each fixed piece (None for a text copy) with its pooled flag.
 
         A literal's trailing space moves onto the piece after it (see the module doc).
-        All text copies take the pooled copy's spacing, so their ids are identical.
         """
         word_space = "" if self._adds_word_boundary else " "
         pieces: list[tuple[list[int] | None, bool]] = []
-        text_spaced = False
         carry_space = False
         for piece in template.pieces:
             if piece.kind == "literal":
@@ -144,11 +159,22 @@ class PromptTokenizer:
             if piece.kind == "instruction":
                 pieces.append((self._literal_ids((word_space if carry_space else "") + instruction), False))
             else:
-                if piece.kind == "pooled_text":
-                    text_spaced = carry_space
                 pieces.append((None, piece.kind == "pooled_text"))
             carry_space = False
-        return pieces, text_spaced
+        return pieces
+
+
+def _text_follows_space(template: Template) -> bool:
+    """Whether the pooled text copy follows a literal ending in a space.
+
+    All text copies take the pooled copy's spacing, so their ids are identical.
+    """
+    previous = None
+    for piece in template.pieces:
+        if piece.kind == "pooled_text":
+            return previous is not None and previous.kind == "literal" and previous.literal.endswith(" ")
+        previous = piece
+    return False
 
 
 def pad_prompts(prompts: Sequence[PromptIds], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
@@ -158,7 +184,7 @@ def pad_prompts(prompts: Sequence[PromptIds], pad_id: int, padding_side: str = "
     right padding (Hugging Face models otherwise number left padding too).
     """
     if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        raise BadInputError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     width = max(len(prompt) for prompt in prompts)
     input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(prompts), width), dtype=torch.long)

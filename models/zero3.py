@@ -1,4 +1,5 @@
-"""Building a whole (unpartitioned) model inside a DeepSpeed ZeRO-3 run.
+"""Living with DeepSpeed ZeRO-3: building a whole (unpartitioned) model inside a ZeRO-3 run,
+and releasing prefetched parameters after forwards without a backward.
 
 Accelerate registers its DeepSpeed config with transformers as soon as the Accelerator
 exists, whatever ``zero3_init_flag`` says, and under ZeRO-3 ``from_pretrained`` then
@@ -26,3 +27,14 @@ def outside_zero3() -> Iterator[None]:
         yield
     finally:
         hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
+def release_prefetched_parameters(model) -> None:
+    """Release the parameters ZeRO-3 prefetched for a backward that never came.
+
+    Forwards without a backward (evaluation) leave them held; the next gather (a
+    checkpoint, the export) would then find them in flight. A no-op for anything but a
+    DeepSpeed engine, and below ZeRO-3.
+    """
+    if hasattr(model, "empty_partition_cache"):
+        model.empty_partition_cache()
