@@ -1,4 +1,4 @@
-"""Embedding-evaluation metrics in plain numpy: ranking, correlation, classification, clustering.
+"""Embedding-evaluation metrics in plain numpy: similarity, ranking, correlation, classification, clustering.
 
 Conventions shared by the ranking metrics: ``scores[q, d]`` is the similarity of query ``q``
 to document ``d`` and ``relevance[q, d]`` its graded relevance (0 means not relevant).
@@ -76,6 +76,31 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     if denominator == 0:
         raise ValueError("spearman is undefined when one input is constant")
     return float((rank_x * rank_y).sum() / denominator)
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of each row of ``a`` with the same row of ``b``, in float64.
+
+    The product of the two norms is clamped at 1e-12, so a zero row scores 0 instead of NaN.
+    Raises ValueError when the shapes differ.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"cosine_rows needs equal shapes, got {a.shape} and {b.shape}")
+    return (a * b).sum(axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+
+
+def positive_win_rate(query_vectors: np.ndarray, positive_vectors: np.ndarray, negative_vectors: np.ndarray) -> float:
+    """Fraction of rows where cos(query, positive) > cos(query, negative) (ties count as losses).
+
+    The score of the toy S1/S2 diagnostic. Raises ValueError when the three shapes differ.
+    """
+    if not query_vectors.shape == positive_vectors.shape == negative_vectors.shape:
+        raise ValueError(
+            f"vector shapes differ: {query_vectors.shape}, {positive_vectors.shape}, {negative_vectors.shape}"
+        )
+    wins = cosine_rows(query_vectors, positive_vectors) > cosine_rows(query_vectors, negative_vectors)
+    return float(wins.mean())
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

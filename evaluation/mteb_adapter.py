@@ -6,9 +6,10 @@ task's instruction; retrieval and reranking documents get ``kind="document"`` an
 The instruction for a task is, first found: the caller's override, :data:`TASK_INSTRUCTIONS`
 by task name, the E5-style query prompt mteb's task metadata carries (mteb copied E5-mistral's
 per-task instructions there), then :data:`TYPE_INSTRUCTIONS` by task type.
-Results land in mteb's own format under ``<out>/results/<model>/<revision>/<mode,pooling>/``.
+Results land in mteb's own format under ``<out>/results/<model>/<revision>/<mode,pooling>/``
+(``mode`` there is the template set's old name, kept so earlier results stay side by side).
 
-    python -m evaluation.mteb_adapter --model smollm2-135m-instruct --mode echo --pooling mean \\
+    python -m evaluation.mteb_adapter --model smollm2-135m-instruct --template-set echo --pooling mean \\
         --tasks STS12,SciFact --out results/mteb        # or --benchmark "MTEB(eng, v1)"
 
 mteb fetches task data from the Hugging Face hub; offline, only tasks whose data is already
@@ -27,6 +28,9 @@ from mteb.abstasks.task_metadata import TaskMetadata
 from mteb.models.abs_encoder import AbsEncoder
 from mteb.models.model_meta import ModelMeta, ScoringFunction
 from mteb.types import PromptType
+
+from evaluation.cli import add_renamed_flag
+from models.pooling import POOLINGS
 
 # E5-mistral instructions for tasks whose mteb metadata carries none.
 TASK_INSTRUCTIONS: dict[str, str] = {
@@ -83,8 +87,9 @@ class MTEBEchoEncoder(AbsEncoder):
                 "similarity_fn_name": ScoringFunction.COSINE,
                 "use_instructions": True,
                 "framework": ["PyTorch"],
-                # mode and pooling separate the result folders of one model's settings.
-                "experiment_kwargs": {"mode": encoder.mode, "pooling": encoder.pooling},
+                # These name the result folders of one model's settings; the template set keeps its
+                # old key "mode" there so results written before the rename stay comparable.
+                "experiment_kwargs": {"mode": encoder.template_set, "pooling": encoder.pooling},
             }
         )
 
@@ -124,15 +129,15 @@ def run_mteb(encoder: Any, model_name: str, tasks: list, out_dir: Path, batch_si
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: one (mode, pooling) of one model on mteb tasks or a benchmark."""
+    """Command line: one (template set, pooling) of one model on mteb tasks or a benchmark."""
     import mteb
 
     from models import EchoEncoder
 
     parser = argparse.ArgumentParser(prog="python -m evaluation.mteb_adapter", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True)
-    parser.add_argument("--mode", help="template set (default: echo, or an export's own)")
-    parser.add_argument("--pooling", choices=["mean", "last"], help="default: mean, or an export's own")
+    add_renamed_flag(parser, "--template-set", "--mode", help="template set (default: echo, or an export's own)")
+    parser.add_argument("--pooling", help=f"one of {','.join(POOLINGS)} (default: mean, or an export's own)")
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--tasks", help="comma-separated mteb task names")
     group.add_argument("--benchmark", help='an mteb benchmark name, e.g. "MTEB(eng, v1)"')
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             tasks = mteb.get_tasks(tasks=[name.strip() for name in args.tasks.split(",") if name.strip()])
         else:
             tasks = mteb.get_benchmark(args.benchmark).tasks
-        encoder = EchoEncoder.from_pretrained(args.model, mode=args.mode, pooling=args.pooling)
+        encoder = EchoEncoder.from_pretrained(args.model, mode=args.template_set, pooling=args.pooling)
     except (KeyError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

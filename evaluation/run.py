@@ -1,12 +1,13 @@
-"""Evaluate one model under every (mode, pooling) on local tasks and write a report.
+"""Evaluate one model under every (template set, pooling) on local tasks and write a report.
 
-    python -m evaluation.run --model smollm2-135m-instruct --modes classical,echo,prompteol \\
+    python -m evaluation.run --model smollm2-135m-instruct --template-sets classical,echo,prompteol \\
         --pooling mean,last --tasks all --max-examples 200 --out results/zero-shot
 
-The model loads once; other (mode, pooling) settings reuse its weights. A fine-tuned export
-(a folder with ``echo_config.json``) is evaluated in its own mode and pooling unless
-``--modes``/``--pooling`` say otherwise. Writes ``results.json``, ``results.md`` and
-``results.png`` into ``--out`` and prints the table.
+The model loads once; other (template set, pooling) settings reuse its weights. A fine-tuned
+export (a folder with ``echo_config.json``) is evaluated in its own template set and pooling
+unless ``--template-sets``/``--pooling`` say otherwise (``--modes`` is the deprecated old
+spelling of ``--template-sets``). Writes ``results.json``, ``results.md`` and ``results.png``
+into ``--out`` and prints the table.
 """
 
 from __future__ import annotations
@@ -18,32 +19,25 @@ import time
 from pathlib import Path
 
 from echo_base import UsageError
+from evaluation.cli import add_renamed_flag, parse_list
 from evaluation.report import format_markdown_table, write_report
 from evaluation.tasks import MAIN_METRICS, evaluate_task, load_task_info, resolve_tasks
+from models import EchoEncoder
+from models.encoder import ECHO_CONFIG
+from models.pooling import POOLINGS, check_pooling
+from models.templates import get_template_set
 
-POOLINGS = ("mean", "last")
-ZERO_SHOT_MODES = "classical,echo,prompteol"
-
-
-def parse_list(value: str | None, flag: str) -> list[str] | None:
-    """Items of a comma-separated flag value (None stays None); raises UsageError when empty."""
-    if value is None:
-        return None
-    items = [item.strip() for item in value.split(",") if item.strip()]
-    if not items:
-        raise UsageError(f"{flag} is empty")
-    return items
+ZERO_SHOT_TEMPLATE_SETS = "classical,echo,prompteol"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parse and check the arguments (everything that can be checked before a model loads)."""
-    from models.encoder import ECHO_CONFIG
-    from models.templates import get_template_set
-
     parser = argparse.ArgumentParser(prog="python -m evaluation.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="registry name (smollm2-135m-instruct) or model folder")
-    parser.add_argument("--modes", help=f"comma-separated template sets (default: {ZERO_SHOT_MODES}; an export's own)")
-    parser.add_argument("--pooling", help="comma-separated poolings from mean,last (default: both; an export's own)")
+    add_renamed_flag(parser, "--template-sets", "--modes",
+                     help=f"comma-separated template sets (default: {ZERO_SHOT_TEMPLATE_SETS}; an export's own)")
+    parser.add_argument("--pooling",
+                        help=f"comma-separated poolings from {','.join(POOLINGS)} (default: all; an export's own)")
     parser.add_argument("--tasks", default="all", help="comma-separated task names or folders, 'toy', or 'all'")
     parser.add_argument("--out", help="output folder (default: results/<model name>)")
     parser.add_argument("--max-examples", type=int, help="cap the rows each task evaluates (seeded sample)")
@@ -51,15 +45,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-length", type=int, help="token limit per prompt (default: the model's)")
     args = parser.parse_args(argv)
 
+    # None stands for the model's own setting: an export's echo_config.json knows it.
     is_export = (Path(args.model) / ECHO_CONFIG).is_file()
-    args.modes = parse_list(args.modes, "--modes") or ([None] if is_export else ZERO_SHOT_MODES.split(","))
+    args.template_sets = (parse_list(args.template_sets, "--template-sets")
+                          or ([None] if is_export else ZERO_SHOT_TEMPLATE_SETS.split(",")))
     args.pooling = parse_list(args.pooling, "--pooling") or ([None] if is_export else list(POOLINGS))
-    for mode in args.modes:
-        if mode is not None:
-            get_template_set(mode)  # raises ValueError listing the known modes
+    for template_set in args.template_sets:
+        if template_set is not None:
+            get_template_set(template_set)  # raises ValueError listing the known template sets
     for pooling in args.pooling:
-        if pooling is not None and pooling not in POOLINGS:
-            raise UsageError(f"--pooling: unknown pooling {pooling!r}; choose from {','.join(POOLINGS)}")
+        if pooling is not None:
+            try:
+                check_pooling(pooling)
+            except ValueError as error:
+                raise UsageError(f"--pooling: {error}") from None
     for flag, value in (("--max-examples", args.max_examples), ("--batch-size", args.batch_size)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be a positive integer, got {value}")
@@ -70,37 +69,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def evaluate_grid(
     model: str,
-    modes: list[str | None],
+    template_sets: list[str | None],
     poolings: list[str | None],
     task_dirs: dict[str, Path],
     max_examples: int | None = None,
     batch_size: int = 32,
     max_length: int | None = None,
 ) -> list[dict]:
-    """Evaluate every (mode, pooling) of ``model`` on every task; one report record per cell.
+    """Evaluate every (template set, pooling) of ``model`` on every task; one report record per cell.
 
-    The weights load once; other settings reuse them through ``EchoEncoder.with_mode``.
-    A None mode or pooling means the model's own (an export's echo_config.json, else echo/mean).
+    The weights load once; other settings reuse them through ``EchoEncoder.with_templates``.
+    A None template set or pooling means the model's own (an export's echo_config.json, else
+    echo/mean).
     """
-    from models import EchoEncoder
-
     task_types = {name: load_task_info(folder).type for name, folder in task_dirs.items()}
-    settings = list(itertools.product(modes, poolings))
-    first_mode, first_pooling = settings[0]
-    base = EchoEncoder.from_pretrained(model, mode=first_mode, pooling=first_pooling, max_length=max_length)
+    settings = list(itertools.product(template_sets, poolings))
+    first_template_set, first_pooling = settings[0]
+    base = EchoEncoder.from_pretrained(model, mode=first_template_set, pooling=first_pooling, max_length=max_length)
     records = []
-    for mode, pooling in settings:
-        encoder = base if (mode, pooling) == settings[0] else base.with_mode(mode, pooling)
-        label = f"{encoder.mode}/{encoder.pooling}"
+    for template_set, pooling in settings:
+        encoder = base if (template_set, pooling) == settings[0] else base.with_templates(template_set, pooling)
+        label = f"{encoder.template_set}/{encoder.pooling}"
         for name, folder in task_dirs.items():
             started = time.perf_counter()
             metrics = evaluate_task(encoder, folder, max_examples, batch_size)
             seconds = time.perf_counter() - started
             print(f"{label:>24} {name:<28} {seconds:7.1f}s  "
                   + ", ".join(f"{key} {value:.4f}" for key, value in metrics.items()), file=sys.stderr)
-            records.append({"label": label, "mode": encoder.mode, "pooling": encoder.pooling, "task": name,
-                            "task_type": task_types[name], "metrics": metrics,
-                            "main_metrics": MAIN_METRICS[task_types[name]], "seconds": round(seconds, 2)})
+            records.append({"label": label, "template_set": encoder.template_set,
+                            "mode": encoder.template_set,  # the old name, kept one release for readers of reports
+                            "pooling": encoder.pooling, "task": name, "task_type": task_types[name],
+                            "metrics": metrics, "main_metrics": MAIN_METRICS[task_types[name]],
+                            "seconds": round(seconds, 2)})
     return records
 
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         task_dirs = resolve_tasks(args.tasks)
-        records = evaluate_grid(args.model, args.modes, args.pooling, task_dirs, args.max_examples,
+        records = evaluate_grid(args.model, args.template_sets, args.pooling, task_dirs, args.max_examples,
                                 args.batch_size, args.max_length)
     except (ValueError, FileNotFoundError) as error:  # includes DataFormatError; one line, no traceback
         print(f"error: {error}", file=sys.stderr)

@@ -3,7 +3,7 @@
 A task folder holds ``task.json`` (name, type, instruction, symmetric, source, license,
 description) and the JSONL files of its type, as listed in :data:`data.formats.TASK_FILES`;
 :func:`data.prepare.prepare_eval_tasks` writes them and so does the toy diagnostic
-(:func:`evaluation.toy.write_toy_task`, type ``toy``). Each type has one evaluate function;
+(:func:`data.toy.prepare_toy_task`, type ``toy``). Each type has one evaluate function;
 :func:`evaluate_task` picks it. They are plain functions of (encoder, folder) with no state,
 so the training loop scores its dev set with exactly the code the reports use.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from data.formats import TASK_FILES, TASK_META_KEYS, DataFormatError, iter_jsonl
+from data.toy import prepare_toy_task
 from evaluation import metrics
-from evaluation.toy import TOY_FILES, cached_toy_task, positive_win_rate
 
 # The key each JSONL row must carry and the JSON types its value may have.
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -44,7 +44,6 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "positive": (str,),
     "negative": (str,),
 }
-_TASK_FILES: dict[str, dict[str, tuple[str, ...]]] = {**TASK_FILES, **TOY_FILES}
 
 # What the summary table and chart show for each task type.
 MAIN_METRICS: dict[str, list[str]] = {
@@ -60,9 +59,19 @@ _SAMPLE_SEED = 0
 
 
 class Encoder(Protocol):
-    """Anything that embeds texts the way :class:`models.EchoEncoder` does."""
+    """Anything that embeds texts the way :class:`models.EchoEncoder` does.
 
-    def encode(self, texts: list[str], kind: str = ..., instruction: str | None = ..., batch_size: int = ...) -> np.ndarray: ...
+    ``instruction`` is one instruction for every text, or a sequence with one per text
+    (None where a text takes none).
+    """
+
+    def encode(
+        self,
+        texts: list[str],
+        kind: str = ...,
+        instruction: str | Sequence[str | None] | None = ...,
+        batch_size: int = ...,
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -92,8 +101,8 @@ def load_task_info(task_dir: Path) -> TaskInfo:
     missing = [key for key in TASK_META_KEYS if key not in meta]
     if missing:
         raise DataFormatError(f"{path}: missing key(s) {missing}")
-    if meta["type"] not in _TASK_FILES:
-        raise DataFormatError(f"{path}: unknown type {meta['type']!r}; expected one of {sorted(_TASK_FILES)}")
+    if meta["type"] not in TASK_FILES:
+        raise DataFormatError(f"{path}: unknown type {meta['type']!r}; expected one of {sorted(TASK_FILES)}")
     if not isinstance(meta["symmetric"], bool):
         raise DataFormatError(f"{path}: 'symmetric' must be true or false")
     for key in TASK_META_KEYS:
@@ -126,7 +135,7 @@ def read_task_file(path: Path, keys: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def _read(task_dir: Path, info: TaskInfo, file_name: str) -> list[dict[str, Any]]:
-    return read_task_file(Path(task_dir) / file_name, _TASK_FILES[info.type][file_name])
+    return read_task_file(Path(task_dir) / file_name, TASK_FILES[info.type][file_name])
 
 
 def _sample(rows: list, limit: int | None) -> list:
@@ -154,9 +163,10 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """MRR@10, nDCG@10 and Recall@1/10/100 of ranking the corpus by cosine for each query.
 
-    Queries are encoded with the task instruction as ``kind="query"``; documents as
-    ``kind="document"``, or as instructed queries too when the task is symmetric. Queries
-    without a relevant document are skipped; a qrel naming an unknown id is an error.
+    Queries are encoded as ``kind="query"``, each with its row's instruction or else the
+    task's; documents as ``kind="document"``, or as queries with the task instruction when
+    the task is symmetric. Queries without a relevant document are skipped; a qrel naming
+    an unknown id is an error.
     """
     query_rows = _read(task_dir, info, "queries.jsonl")
     queries = {row["id"]: row["text"] for row in query_rows}
@@ -181,12 +191,12 @@ def evaluate_retrieval(
         room = max(_CORPUS_PER_QUERY * len(query_ids) - len(relevant), 0)
         kept = relevant | set(_sample(distractors, room))
         doc_ids = [doc for doc in doc_ids if doc in kept]
-    vector_of_query = {}
-    for instruction in dict.fromkeys(query_instruction[qid] for qid in query_ids):
-        ids = [qid for qid in query_ids if query_instruction[qid] == instruction]
-        vectors = encoder.encode([queries[qid] for qid in ids], kind="query", instruction=instruction, batch_size=batch_size)
-        vector_of_query.update(zip(ids, vectors))
-    query_vectors = np.stack([vector_of_query[qid] for qid in query_ids])
+    query_vectors = encoder.encode(
+        [queries[qid] for qid in query_ids],
+        kind="query",
+        instruction=[query_instruction[qid] for qid in query_ids],
+        batch_size=batch_size,
+    )
     document_kind, document_instruction = ("query", _instruction(info)) if info.symmetric else ("document", None)
     document_vectors = encoder.encode(
         [corpus[doc] for doc in doc_ids], kind=document_kind, instruction=document_instruction, batch_size=batch_size
@@ -212,11 +222,8 @@ def evaluate_sts(
     """Spearman correlation between the cosine of each pair and its gold score (both sides as queries)."""
     pairs = _sample(_read(task_dir, info, "pairs.jsonl"), max_examples)
     texts = [pair["text1"] for pair in pairs] + [pair["text2"] for pair in pairs]
-    vectors = np.asarray(_encode_unique(encoder, texts, "query", _instruction(info), batch_size), dtype=np.float64)
-    first, second = vectors[: len(pairs)], vectors[len(pairs) :]
-    cosines = (first * second).sum(axis=1) / np.maximum(
-        np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1), 1e-12
-    )
+    vectors = _encode_unique(encoder, texts, "query", _instruction(info), batch_size)
+    cosines = metrics.cosine_rows(vectors[: len(pairs)], vectors[len(pairs) :])
     return {"spearman": metrics.spearman(cosines, np.array([pair["score"] for pair in pairs], dtype=np.float64))}
 
 
@@ -259,7 +266,7 @@ def evaluate_toy(
         chosen = _sample([row for row in triples if row["structure"] == structure], max_examples)
         texts = [row[key] for row in chosen for key in ("query", "positive", "negative")]
         vectors = encoder.encode(texts, kind="query", instruction=_instruction(info), batch_size=batch_size)
-        results[structure] = positive_win_rate(vectors[0::3], vectors[1::3], vectors[2::3])
+        results[structure] = metrics.positive_win_rate(vectors[0::3], vectors[1::3], vectors[2::3])
     return results
 
 
@@ -297,7 +304,7 @@ def resolve_tasks(names: list[str]) -> dict[str, Path]:
     prepared: dict[str, Path] | None = None
     for name in names:
         if name == "toy":
-            resolved["toy"] = cached_toy_task()
+            resolved["toy"] = prepare_toy_task()
         elif (Path(name) / "task.json").is_file():
             resolved[load_task_info(Path(name)).name] = Path(name)
         else:
@@ -307,7 +314,7 @@ def resolve_tasks(names: list[str]) -> dict[str, Path]:
                 prepared = prepare_eval_tasks()
             if name == "all":
                 resolved.update(prepared)
-                resolved["toy"] = cached_toy_task()
+                resolved["toy"] = prepare_toy_task()
             elif name in prepared:
                 resolved[name] = prepared[name]
             else:

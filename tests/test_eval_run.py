@@ -25,10 +25,10 @@ def sts_task(tmp_path):
     return tmp_path / "tiny-sts"
 
 
-def test_run_writes_every_mode_pooling_task_cell(tmp_path, tiny_model_dir, sts_task, monkeypatch, capsys):
+def test_run_writes_every_template_set_pooling_task_cell(tmp_path, tiny_model_dir, sts_task, monkeypatch, capsys):
     monkeypatch.setenv("ECHO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    status = main(["--model", str(tiny_model_dir), "--modes", "classical,echo", "--pooling", "mean,last",
+    status = main(["--model", str(tiny_model_dir), "--template-sets", "classical,echo", "--pooling", "mean,last",
                    "--tasks", f"{sts_task},toy", "--max-examples", "8", "--batch-size", "8", "--out", str(out)])
     assert status == 0
     report = json.loads((out / "results.json").read_text())
@@ -36,6 +36,9 @@ def test_run_writes_every_mode_pooling_task_cell(tmp_path, tiny_model_dir, sts_t
     labels = ["classical/mean", "classical/last", "echo/mean", "echo/last"]
     assert set(cells) == {(label, task) for label in labels for task in ("tiny-sts", "toy")}
     assert set(cells[("echo/mean", "toy")]) == {"S1", "S2"}
+    # Records name the template set, and under its old key "mode" for readers of older reports.
+    assert all(r["label"] == f"{r['template_set']}/{r['pooling']}" and r["mode"] == r["template_set"]
+               for r in report["records"])
     assert report["max_examples"] == 8
     markdown = (out / "results.md").read_text()
     assert "| task | metric | " + " | ".join(labels) + " |" in markdown
@@ -43,12 +46,12 @@ def test_run_writes_every_mode_pooling_task_cell(tmp_path, tiny_model_dir, sts_t
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| toy | S1 |" in capsys.readouterr().out
 
-    # Switching mode/pooling on the loaded weights gives what a fresh load in that setting gives.
+    # Switching template set/pooling on the loaded weights gives what a fresh load in that setting gives.
     fresh = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo", pooling="last")
     assert evaluate_task(fresh, sts_task, 8, 8) == pytest.approx(cells[("echo/last", "tiny-sts")], abs=1e-6)
 
 
-def test_export_defaults_to_its_own_mode_and_pooling(tmp_path, tiny_model_dir, sts_task):
+def test_export_defaults_to_its_own_template_set_and_pooling(tmp_path, tiny_model_dir, sts_task):
     export = tmp_path / "export"
     shutil.copytree(tiny_model_dir, export)
     (export / "echo_config.json").write_text(json.dumps(
@@ -59,8 +62,9 @@ def test_export_defaults_to_its_own_mode_and_pooling(tmp_path, tiny_model_dir, s
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--pooling", "max"], "error: --pooling: unknown pooling 'max'; choose from mean,last"),
-    (["--modes", "echo,bogus"], "error: unknown mode 'bogus'"),
+    (["--pooling", "max"], "error: --pooling: pooling must be one of mean, last, got 'max'"),
+    (["--template-sets", "echo,bogus"], "error: unknown template set 'bogus'"),
+    (["--template-sets", ""], "error: --template-sets is empty"),
     (["--batch-size", "0"], "error: --batch-size must be a positive integer, got 0"),
     (["--tasks", ","], "error: --tasks is empty"),
 ])
@@ -68,6 +72,15 @@ def test_bad_arguments_print_one_line(argv, message, tiny_model_dir, capsys):
     assert main(["--model", str(tiny_model_dir), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err
+
+
+def test_old_modes_flag_still_works_with_one_warning_line(tmp_path, tiny_model_dir, sts_task, capsys):
+    out = tmp_path / "out"
+    assert main(["--model", str(tiny_model_dir), "--modes", "classical", "--pooling", "last", "--tasks", str(sts_task),
+                 "--out", str(out)]) == 0
+    assert [r["label"] for r in json.loads((out / "results.json").read_text())["records"]] == ["classical/last"]
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: --modes is deprecated; use --template-sets"]
 
 
 def test_missing_task_folder_prints_one_line(tmp_path, tiny_model_dir, capsys):

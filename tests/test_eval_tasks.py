@@ -11,13 +11,19 @@ from models import EchoEncoder
 
 
 class LookupEncoder:
-    """Returns fixed vectors per text and records each call's kind and instruction."""
+    """Returns fixed vectors per text and records each call's kind and instruction(s).
+
+    Like EchoEncoder.encode it takes one instruction for all texts or a list with one per text.
+    """
 
     def __init__(self, vectors: dict[str, list[float]]):
         self.vectors = vectors
-        self.calls: list[tuple[str, str | None, list[str]]] = []
+        self.calls: list[tuple[str, str | list[str | None] | None, list[str]]] = []
 
     def encode(self, texts, kind="query", instruction=None, batch_size=32):
+        if instruction is not None and not isinstance(instruction, str):
+            assert len(instruction) == len(texts), "one instruction per text"
+            instruction = list(instruction)
         self.calls.append((kind, instruction, list(texts)))
         rows = np.array([self.vectors[text] for text in texts], dtype=np.float32)
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
@@ -55,12 +61,12 @@ def test_retrieval_metrics_and_encoding_roles(tmp_path):
     # Recall@1: q1 0, q2 1 of 2 -> 0.25.
     assert result == pytest.approx({"mrr@10": 0.75, "ndcg@10": 0.790582, "recall@1": 0.25,
                                     "recall@10": 1.0, "recall@100": 1.0}, abs=1e-6)
-    assert [(kind, instruction) for kind, instruction, _ in encoder.calls] == [("query", "Find it"), ("document", None)]
-    assert encoder.calls[0][2] == ["cats", "dogs"]  # q3 has no relevant document
+    assert encoder.calls == [("query", ["Find it", "Find it"], ["cats", "dogs"]),  # q3 has no relevant document
+                             ("document", None, ["doc one", "doc two", "doc three"])]
 
 
 def test_a_query_rows_own_instruction_wins_over_the_tasks(tmp_path):
-    """A dev set mixing datasets carries each query's instruction; results stay in query order."""
+    """A dev set mixing datasets carries each query's instruction; all queries go in one call, in order."""
     write_task(tmp_path / "mixed", meta("mixed", "retrieval"), {
         "queries.jsonl": [{"id": "q1", "text": "cats", "instruction": "Find cats"}, {"id": "q2", "text": "dogs"}],
         "corpus.jsonl": [{"id": "d1", "text": "doc one"}, {"id": "d2", "text": "doc two"}, {"id": "d3", "text": "doc three"}],
@@ -69,8 +75,7 @@ def test_a_query_rows_own_instruction_wins_over_the_tasks(tmp_path):
     })
     encoder = LookupEncoder(RETRIEVAL_VECTORS)
     result = evaluate_task(encoder, tmp_path / "mixed")
-    assert [(kind, instruction, texts) for kind, instruction, texts in encoder.calls[:2]] == [
-        ("query", "Find cats", ["cats"]), ("query", "Find it", ["dogs"])]
+    assert encoder.calls[0] == ("query", ["Find cats", "Find it"], ["cats", "dogs"])
     assert result["mrr@10"] == pytest.approx(0.75)  # the same ranking as in the single-instruction test
 
 
@@ -78,7 +83,8 @@ def test_symmetric_retrieval_encodes_documents_as_instructed_queries(tmp_path):
     write_retrieval(tmp_path / "sym", symmetric=True)
     encoder = LookupEncoder(RETRIEVAL_VECTORS)
     evaluate_task(encoder, tmp_path / "sym")
-    assert [(kind, instruction) for kind, instruction, _ in encoder.calls] == [("query", "Find it")] * 2
+    assert [(kind, instruction) for kind, instruction, _ in encoder.calls] == [("query", ["Find it", "Find it"]),
+                                                                              ("query", "Find it")]
 
 
 def test_retrieval_max_examples_keeps_relevant_documents_and_ten_per_query(tmp_path):
@@ -170,8 +176,8 @@ def test_real_encoder_finds_identical_text_in_symmetric_retrieval(tmp_path, tiny
         "corpus.jsonl": [{"id": f"d{i}", "text": t} for i, t in enumerate(texts)],
         "qrels.jsonl": [{"query_id": f"q{i}", "doc_id": f"d{i}", "relevance": 1} for i in range(len(texts))],
     })
-    for mode in ("echo", "classical"):
-        encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode=mode, pooling="mean", dtype="float32")
+    for template_set in ("echo", "classical"):
+        encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode=template_set, pooling="mean", dtype="float32")
         result = evaluate_task(encoder, tmp_path / "same", batch_size=4)
         # Both sides go through the same query template, so each query's twin has cosine 1.
         assert result["mrr@10"] == pytest.approx(1.0) and result["recall@1"] == pytest.approx(1.0)

@@ -6,15 +6,37 @@ import pytest
 from evaluation.metrics import (
     accuracy,
     average_ranks,
+    cosine_rows,
     kmeans,
     knn_predict,
     logistic_regression_predict,
     mrr_at_k,
     ndcg_at_k,
+    positive_win_rate,
     recall_at_k,
     spearman,
     v_measure,
 )
+
+def test_cosine_rows_pairs_rows_and_scores_a_zero_row_zero():
+    a = np.array([[3.0, 4.0], [1.0, 0.0], [0.0, 0.0]], dtype=np.float32)
+    b = np.array([[4.0, 3.0], [-2.0, 0.0], [1.0, 1.0]])
+    # (3*4 + 4*3) / (5 * 5) = 0.96; opposite directions -1; the zero row 0 (the clamp, not NaN).
+    cosines = cosine_rows(a, b)
+    assert cosines.dtype == np.float64
+    np.testing.assert_allclose(cosines, [0.96, -1.0, 0.0], rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="equal shapes"):
+        cosine_rows(a, b[:2])
+
+
+def test_positive_win_rate_counts_strict_wins():
+    queries = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    positives = np.array([[2.0, 2.0], [0.0, 1.0], [0.0, 1.0]])  # cosines 0.707, 0, 0
+    negatives = np.array([[0.0, 3.0], [0.0, 1.0], [1.0, 1.0]])  # cosines 0, 0 (tie: a loss), 0.707
+    assert positive_win_rate(queries, positives, negatives) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="shapes differ"):
+        positive_win_rate(queries, positives[:2], negatives)
+
 
 # Query 0 ranks d0, d1, d2, d3 and its relevant documents are d1 (grade 2) and d3 (grade 1).
 # Query 1 ranks d2, d1, d3, d0 and its only relevant document is d0.

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import scipy.stats
 from datasets import Dataset, DatasetDict
 from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
@@ -50,7 +51,7 @@ class TinyRetrieval(AbsTaskRetrieval):
 class LookupEncoder:
     """Fixed vectors per text; records (kind, instruction) of each call."""
 
-    mode, pooling = "echo", "mean"
+    template_set, pooling = "echo", "mean"
     vectors = {"a": [1, 0], "b": [0.8, 0.6], "c": [0, 1], "cats": [1, 0], "dogs": [0, 1],
                "doc one": [1, 0], "doc two": [0.6, 0.8], "doc three": [0.8, 0.6]}
 
@@ -74,14 +75,20 @@ def test_mteb_scores_match_hand_computed_values_and_roles(tmp_path):
 
 
 def test_results_are_written_in_mteb_format(tmp_path, tiny_model_dir):
-    encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo", pooling="last")
+    # float32: the reference below encodes in other batches, which must not move the cosines.
+    encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo", pooling="last", dtype="float32")
     run_mteb(encoder, str(tiny_model_dir), [TinySTS()], tmp_path, batch_size=2)
     [path] = list((tmp_path / "results").rglob("TinyEchoSTS.json"))
     assert path.relative_to(tmp_path / "results").parts[0] == f"echo-embeddings__{tiny_model_dir.name}"
     assert "mode_echo" in str(path) and "pooling_last" in str(path)
     saved = json.loads(path.read_text())
     assert saved["task_name"] == "TinyEchoSTS"
-    assert -1.0 <= saved["scores"]["test"][0]["cosine_spearman"] <= 1.0
+    # Reference: scipy's Spearman of the pairs' cosines, the texts encoded here as instructed queries.
+    first, second = (encoder.encode(texts, kind="query", instruction=TYPE_INSTRUCTIONS["STS"]).astype(np.float64)
+                     for texts in (["a", "a", "b"], ["b", "c", "c"]))
+    cosines = (first * second).sum(axis=1) / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1))
+    expected = scipy.stats.spearmanr(cosines, [5.0, 3.0, 1.0]).statistic
+    assert saved["scores"]["test"][0]["cosine_spearman"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_instruction_precedence():
@@ -89,4 +96,5 @@ def test_instruction_precedence():
     assert task_instruction(metadata) == "Find the animal"  # the task's own E5-style prompt
     assert task_instruction(metadata, {"TinyEchoRetrieval": "mine"}) == "mine"
     assert task_instruction(TinySTS.metadata) == "Retrieve semantically similar text"  # by type
+    # The template set keeps its old key "mode": it names the result folder.
     assert MTEBEchoEncoder(LookupEncoder(), "x").mteb_model_meta.experiment_kwargs == {"mode": "echo", "pooling": "mean"}

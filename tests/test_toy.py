@@ -1,10 +1,16 @@
-"""The toy S1/S2 generator's structure invariants and the win-rate scoring."""
+"""The toy S1/S2 diagnostic: the generator's structure invariants, its task folder, its scoring and its CLI."""
+
+import hashlib
+import json
 
 import numpy as np
 import pytest
 
+from data.sources.toy import FIRST_HALVES, SECOND_HALVES, STRUCTURES, generate_triples
+from data.toy import prepare_toy_task, write_toy_task
 from evaluation.tasks import evaluate_task
-from evaluation.toy import FIRST_HALVES, SECOND_HALVES, generate_triples, positive_win_rate, write_toy_task
+from evaluation.toy import main
+from models import EchoEncoder
 
 
 def test_paraphrase_sets_are_large_and_distinct():
@@ -56,13 +62,20 @@ def test_text_joins_the_two_halves():
     assert t.query.text == first[0].upper() + first[1:] + " " + second + "."
 
 
-def test_positive_win_rate_counts_strict_wins():
-    queries = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
-    positives = np.array([[2.0, 2.0], [0.0, 1.0], [0.0, 1.0]])  # cosines 0.707, 0, 0
-    negatives = np.array([[0.0, 3.0], [0.0, 1.0], [1.0, 1.0]])  # cosines 0, 0 (tie: a loss), 0.707
-    assert positive_win_rate(queries, positives, negatives) == pytest.approx(1 / 3)
-    with pytest.raises(ValueError, match="shapes differ"):
-        positive_win_rate(queries, positives[:2], negatives)
+def test_default_task_folder_is_unchanged(tmp_path, monkeypatch):
+    """The README's toy figures come from n=300, seed=0: these triples must not drift."""
+    monkeypatch.setenv("ECHO_CACHE", str(tmp_path))
+    task = prepare_toy_task()
+    assert task == tmp_path / "toy" / "n300-seed0"
+    triples = (task / "triples.jsonl").read_bytes()
+    # Digest of the file the toy generator wrote before it moved from evaluation/ to data/.
+    assert hashlib.sha256(triples).hexdigest() == "f3c2cc5d8d9603f855ec8e0f0264e45178664c39f8c78c6099de5be3351a6db5"
+    first = json.loads(triples.decode().splitlines()[0])
+    assert first == {"structure": "S1", "query": "The poet performed her most recent poem in mid-afternoon.",
+                     "positive": "The poet read her latest poem in the middle of the afternoon.",
+                     "negative": "The lad fractured his arm in the middle of the afternoon."}
+    meta = json.loads((task / "task.json").read_text())
+    assert (meta["type"], meta["instruction"], meta["symmetric"]) == ("toy", "", True)
 
 
 class HalfSetEncoder:
@@ -95,13 +108,39 @@ def test_toy_task_scores_what_each_structure_tests(tmp_path):
     assert evaluate_task(HalfSetEncoder(("first",)), task, max_examples=50) == {"S1": 1.0, "S2": 0.0}
 
 
-def test_cli_prints_the_structure_by_setting_table(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    from evaluation.toy import main
+def independent_win_rate(encoder, structure, n, batch_size):
+    """The toy score counted straight from generated triples and numpy cosines, no evaluation code."""
+    triples = generate_triples(structure, n, seed=0)
+    texts = [sentence.text for t in triples for sentence in (t.query, t.positive, t.negative)]
+    vectors = encoder.encode(texts, kind="query", batch_size=batch_size).astype(np.float64)
+    query, positive, negative = vectors[0::3], vectors[1::3], vectors[2::3]
+    norm = np.linalg.norm
+    to_positive = (query * positive).sum(axis=1) / (norm(query, axis=1) * norm(positive, axis=1))
+    to_negative = (query * negative).sum(axis=1) / (norm(query, axis=1) * norm(negative, axis=1))
+    return sum(bool(p > q) for p, q in zip(to_positive, to_negative)) / n
 
+
+def test_cli_prints_the_structure_by_setting_table(tmp_path, tiny_model_dir, monkeypatch, capsys):
     monkeypatch.setenv("ECHO_CACHE", str(tmp_path))
     assert main(["--model", str(tiny_model_dir), "--pooling", "mean,last", "--triples", "10", "--batch-size", "8"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert "| task | metric | classical_sentence/mean | classical_sentence/last | echo_sentence/mean | echo_sentence/last |" in lines
-    assert sum(line.startswith("| toy | S1 |") or line.startswith("| toy | S2 |") for line in lines) == 2
+    labels = ["classical_sentence/mean", "classical_sentence/last", "echo_sentence/mean", "echo_sentence/last"]
+    assert "| task | metric | " + " | ".join(labels) + " |" in lines
+    rows = {line.split(" | ")[1]: line.strip("| ").split(" | ")[2:] for line in lines if line.startswith("| toy |")}
+    assert set(rows) == set(STRUCTURES)
+    for column, label in enumerate(labels):
+        template_set, pooling = label.split("/")
+        encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode=template_set, pooling=pooling)
+        for structure in STRUCTURES:
+            expected = independent_win_rate(encoder, structure, 10, batch_size=8)
+            assert rows[structure][column].strip("*") == f"{expected:.4f}", (label, structure)
     assert main(["--model", str(tiny_model_dir), "--triples", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("n must be between 1 and 900 (distinct queries), got 0")
+
+
+def test_cli_accepts_the_old_modes_flag_with_a_warning(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    monkeypatch.setenv("ECHO_CACHE", str(tmp_path))
+    assert main(["--model", str(tiny_model_dir), "--modes", "echo_sentence", "--pooling", "mean", "--triples", "5"]) == 0
+    captured = capsys.readouterr()
+    assert "| task | metric | echo_sentence/mean |" in captured.out.splitlines()
+    assert "warning: --modes is deprecated; use --template-sets" in captured.err.splitlines()
