@@ -21,7 +21,9 @@ from tests.test_grad_cache import (  # noqa: F401 (one_torch_thread is an autous
     one_torch_thread,
     tiny_lora_encoder,
 )
-from train.grad_cache import grad_cache_step, make_chunk_backward, split_batch
+from train.backward import make_backward
+from train.collate import pad_in_chunks
+from train.grad_cache import grad_cache_step
 from train.loss import InfoNCELoss
 
 WORLD_SIZE = 2
@@ -37,23 +39,23 @@ def _global_batch(encoder, offset: int = 0):
 
 
 def _rank_slice(batch, rank: int):
-    """This rank's contiguous share of a global batch (queries, passages, and their keys)."""
-    queries, passages, query_keys, passage_keys = batch
+    """This rank's contiguous share of a global batch (queries, documents, and their keys)."""
+    queries, documents, query_keys, document_keys = batch
     q = GLOBAL_QUERIES // WORLD_SIZE
     p = q * (1 + HARD_NEGATIVES)
-    q_rows, p_rows = slice(rank * q, (rank + 1) * q), slice(rank * p, (rank + 1) * p)
+    q_rows, d_rows = slice(rank * q, (rank + 1) * q), slice(rank * p, (rank + 1) * p)
     return (
-        {key: value[q_rows] for key, value in queries.items()},
-        {key: value[p_rows] for key, value in passages.items()},
+        queries[q_rows],
+        documents[d_rows],
         query_keys[q_rows],
-        passage_keys[p_rows],
+        document_keys[d_rows],
     )
 
 
 def _loss_value(encoder, batch, symmetric: bool) -> torch.Tensor:
-    queries, passages, query_keys, passage_keys = batch
+    queries, documents, query_keys, document_keys = batch
     loss = InfoNCELoss(TEMPERATURE, symmetric)
-    return loss(encoder.embed(queries), encoder.embed(passages), query_keys, passage_keys)
+    return loss(encoder.embed(encoder.collate(queries)), encoder.embed(encoder.collate(documents)), query_keys, document_keys)
 
 
 def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
@@ -87,19 +89,20 @@ def _ranks_worker(rank: int, world_size: int) -> dict:
         return default_hooks.allreduce_hook(state, bucket)
 
     encoder.model.register_comm_hook(None, counting_allreduce)
-    chunk_backward = make_chunk_backward(accelerator, encoder.model)
+    backward_strategy = make_backward(accelerator, encoder.model)
     losses, calls_after_each_micro_batch = [], []
     # Two accumulated micro-batches: the caller scales each loss by 1/2 and syncs only on the last.
     for offset, sync in ((0, False), (SECOND_MICRO_BATCH_OFFSET, True)):
-        queries, passages, query_keys, passage_keys = _rank_slice(_global_batch(encoder, offset), rank)
+        queries, documents, query_keys, document_keys = _rank_slice(_global_batch(encoder, offset), rank)
         loss = InfoNCELoss(TEMPERATURE, symmetric=True)
 
-        def half_loss(q, p, query_keys=query_keys, passage_keys=passage_keys, loss=loss):
-            return loss(q, p, query_keys, passage_keys) / 2
+        def half_loss(q, p, query_keys=query_keys, document_keys=document_keys, loss=loss):
+            return loss(q, p, query_keys, document_keys) / 2
 
-        # 3 local queries in chunks of 2 (2, 1); 6 local passages in chunks of 4 (4, 2).
+        # 3 local queries in chunks of 2 (2, 1); 6 local documents in chunks of 4 (4, 2).
         step_loss = grad_cache_step(
-            encoder.embed, split_batch(queries, 2), split_batch(passages, 4), half_loss, chunk_backward, sync=sync
+            encoder.embed, pad_in_chunks(queries, 2, encoder.collate), pad_in_chunks(documents, 4, encoder.collate), half_loss,
+            backward_strategy, sync=sync
         )
         losses.append(_mean_over_ranks(step_loss))
         calls_after_each_micro_batch.append(len(allreduce_calls))

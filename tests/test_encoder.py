@@ -100,7 +100,7 @@ def test_bad_arguments_raise_value_errors(tiny_model_dir, call, message):
 
 
 def test_bad_constructor_arguments_raise_value_errors(tiny_model_dir):
-    with pytest.raises(ValueError, match="unknown mode 'echoo'"):
+    with pytest.raises(ValueError, match="unknown template set 'echoo'"):
         EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echoo")
     with pytest.raises(ValueError, match="pooling must be"):
         EchoEncoder.from_pretrained(str(tiny_model_dir), pooling="max")

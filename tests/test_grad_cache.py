@@ -18,14 +18,9 @@ from models.encoder import EchoEncoder
 from models.templates import get_template_set
 from tests.distributed import run_in_processes
 from tests.tiny_models import build_bpe_tokenizer, tiny_llama_config
-from train.grad_cache import (
-    DeepSpeedChunkBackward,
-    PlainChunkBackward,
-    grad_cache_step,
-    make_chunk_backward,
-    single_forward_step,
-    split_batch,
-)
+from train.backward import DeepSpeedBackward, PlainBackward, make_backward
+from train.collate import pad_in_chunks
+from train.grad_cache import grad_cache_step, single_forward_step
 from train.loss import InfoNCELoss, text_key
 
 SENTENCES = [
@@ -70,19 +65,19 @@ def tiny_lora_encoder(lora_dropout: float, seed: int = 0) -> EchoEncoder:
 
 
 def contrastive_batch(encoder: EchoEncoder, num_queries: int, hard_negatives: int, offset: int = 0):
-    """Collated queries and passages ([positive, hard negatives] per query) with their text keys.
+    """Prompts of queries and documents ([positive, hard negatives] per query) with their text keys.
 
-    Query i's passages are the next sentences in SENTENCES, so texts repeat across queries
+    Query i's documents are the next sentences in SENTENCES, so texts repeat across queries
     (duplicate texts exercise the false-negative mask).
     """
     group = 1 + hard_negatives
     query_texts = [SENTENCES[(offset + i) % len(SENTENCES)] for i in range(num_queries)]
-    passage_texts = [SENTENCES[(offset + i + 1 + j) % len(SENTENCES)] for i in range(num_queries) for j in range(group)]
-    queries = encoder.collate(encoder.tokenize(query_texts, "query", INSTRUCTION))
-    passages = encoder.collate(encoder.tokenize(passage_texts, "document"))
+    document_texts = [SENTENCES[(offset + i + 1 + j) % len(SENTENCES)] for i in range(num_queries) for j in range(group)]
+    queries = encoder.tokenize(query_texts, "query", INSTRUCTION)
+    documents = encoder.tokenize(document_texts, "document")
     query_keys = torch.tensor([text_key(t) for t in query_texts])
-    passage_keys = torch.tensor([text_key(t) for t in passage_texts])
-    return queries, passages, query_keys, passage_keys
+    document_keys = torch.tensor([text_key(t) for t in document_texts])
+    return queries, documents, query_keys, document_keys
 
 
 def lora_gradients(encoder: EchoEncoder) -> dict[str, torch.Tensor]:
@@ -103,93 +98,106 @@ def assert_gradients_close(actual: dict[str, torch.Tensor], expected: dict[str, 
         )
 
 
-def full_graph_step(encode, query_chunks, passage_chunks, loss_fn) -> torch.Tensor:
+def full_graph_step(encode, query_chunks, document_chunks, loss_fn) -> torch.Tensor:
     """The naive version: the same chunk forwards in the same order, all kept in one graph."""
     queries = torch.cat([encode(chunk) for chunk in query_chunks])
-    passages = torch.cat([encode(chunk) for chunk in passage_chunks])
-    loss = loss_fn(queries, passages)
+    documents = torch.cat([encode(chunk) for chunk in document_chunks])
+    loss = loss_fn(queries, documents)
     loss.backward()
     return loss.detach()
 
 
-def _run(step, encoder, query_chunks, passage_chunks, loss_fn, **kwargs):
+def _run(step, encoder, query_chunks, document_chunks, loss_fn, **kwargs):
     encoder.model.zero_grad(set_to_none=True)
     torch.manual_seed(1234)
-    loss = step(encoder.embed, query_chunks, passage_chunks, loss_fn, **kwargs)
+    loss = step(encoder.embed, query_chunks, document_chunks, loss_fn, **kwargs)
     return loss, lora_gradients(encoder)
 
 
 def _setup(lora_dropout: float):
     encoder = tiny_lora_encoder(lora_dropout)
-    queries, passages, query_keys, passage_keys = contrastive_batch(encoder, num_queries=5, hard_negatives=1)
+    queries, documents, query_keys, document_keys = contrastive_batch(encoder, num_queries=5, hard_negatives=1)
     loss = InfoNCELoss(temperature=0.05, symmetric=True)
 
     def loss_fn(q, p):
-        return loss(q, p, query_keys, passage_keys)
+        return loss(q, p, query_keys, document_keys)
 
-    # 5 queries in chunks of 2 (2, 2, 1); 10 passages in chunks of 3 (3, 3, 3, 1).
-    return encoder, split_batch(queries, 2), split_batch(passages, 3), loss_fn
-
-
-def test_split_batch_keeps_rows_in_order_with_an_uneven_last_chunk():
-    batch = {"input_ids": torch.arange(10).view(5, 2), "pooled_mask": torch.arange(5)}
-    chunks = split_batch(batch, 2)
-    assert [chunk["pooled_mask"].tolist() for chunk in chunks] == [[0, 1], [2, 3], [4]]
-    assert torch.equal(torch.cat([chunk["input_ids"] for chunk in chunks]), batch["input_ids"])
-    assert len(split_batch(batch, 5)) == 1 and len(split_batch(batch, 7)) == 1
+    # 5 queries in chunks of 2 (2, 2, 1); 10 documents in chunks of 3 (3, 3, 3, 1), each chunk padded on its own.
+    return encoder, pad_in_chunks(queries, 2, encoder.collate), pad_in_chunks(documents, 3, encoder.collate), loss_fn
 
 
-def test_split_batch_rejects_bad_input():
-    with pytest.raises(ValueError, match="pooled_mask"):
-        split_batch({"input_ids": torch.zeros(5, 2), "pooled_mask": torch.zeros(4, 2)}, 2)
+def test_pad_in_chunks_keeps_rows_in_order_and_pads_each_chunk_on_its_own():
+    encoder = tiny_lora_encoder(lora_dropout=0.0)
+    texts = ["a", "the fox crossed the wide river at dawn", "b c", "snow", "the quick brown fox jumps over the dog"]
+    prompts = encoder.tokenize(texts, "document")
+    chunks = pad_in_chunks(prompts, 2, encoder.collate)
+    assert [len(chunk["input_ids"]) for chunk in chunks] == [2, 2, 1]
+    for chunk, rows in zip(chunks, ([0, 1], [2, 3], [4])):
+        # Each chunk is as wide as its own longest prompt, and holds exactly its prompts, in order.
+        assert chunk["input_ids"].shape[1] == max(len(prompts[row]) for row in rows)
+        for position, row in enumerate(rows):
+            length = len(prompts[row])
+            assert chunk["input_ids"][position, :length].tolist() == list(prompts[row].input_ids)
+            assert chunk["attention_mask"][position].sum().item() == length
+    whole = pad_in_chunks(prompts, None, encoder.collate)
+    assert len(whole) == 1 and torch.equal(whole[0]["input_ids"], encoder.collate(prompts)["input_ids"])
+    assert len(pad_in_chunks(prompts, 7, encoder.collate)) == 1
+
+
+def test_pad_in_chunks_rejects_bad_input():
+    encoder = tiny_lora_encoder(lora_dropout=0.0)
+    with pytest.raises(ValueError, match="empty"):
+        pad_in_chunks([], 2, encoder.collate)
     with pytest.raises(ValueError, match="chunk_size"):
-        split_batch({"input_ids": torch.zeros(5, 2)}, 0)
+        pad_in_chunks(encoder.tokenize(["a"], "document"), 0, encoder.collate)
 
 
 def test_grad_cache_equals_full_graph_with_lora_dropout_replayed():
-    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.3)
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.3)
     encoder.model.train()
-    expected_loss, expected = _run(full_graph_step, encoder, query_chunks, passage_chunks, loss_fn)
-    loss, cached = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    expected_loss, expected = _run(full_graph_step, encoder, query_chunks, document_chunks, loss_fn)
+    loss, cached = _run(grad_cache_step, encoder, query_chunks, document_chunks, loss_fn, backward=PlainBackward())
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
     assert_gradients_close(cached, expected)
     assert max(g.abs().max().item() for g in expected.values()) > 1e-2  # the comparison is not between zeros
 
 
 def test_without_rng_replay_the_dropout_masks_and_gradients_differ(monkeypatch):
-    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.3)
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.3)
     encoder.model.train()
-    _, expected = _run(full_graph_step, encoder, query_chunks, passage_chunks, loss_fn)
+    _, expected = _run(full_graph_step, encoder, query_chunks, document_chunks, loss_fn)
 
     @contextmanager
     def no_replay(self):
         yield
 
     monkeypatch.setattr(train.grad_cache._ChunkRandomState, "replay", no_replay)
-    _, unreplayed = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    _, unreplayed = _run(grad_cache_step, encoder, query_chunks, document_chunks, loss_fn, backward=PlainBackward())
     assert max_abs_difference(unreplayed, expected) > 1e-3
 
 
 def test_grad_cache_equals_one_full_batch_forward_without_dropout():
-    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
-    whole_queries = {key: torch.cat([c[key] for c in query_chunks]) for key in query_chunks[0]}
-    whole_passages = {key: torch.cat([c[key] for c in passage_chunks]) for key in passage_chunks[0]}
-    expected_loss, expected = _run(full_graph_step, encoder, [whole_queries], [whole_passages], loss_fn)
-    loss, cached = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.0)
+    queries, documents, _, _ = contrastive_batch(encoder, num_queries=5, hard_negatives=1)  # _setup's batch
+    (whole_queries,) = pad_in_chunks(queries, None, encoder.collate)
+    (whole_documents,) = pad_in_chunks(documents, None, encoder.collate)
+    expected_loss, expected = _run(full_graph_step, encoder, [whole_queries], [whole_documents], loss_fn)
+    loss, cached = _run(grad_cache_step, encoder, query_chunks, document_chunks, loss_fn, backward=PlainBackward())
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
     assert_gradients_close(cached, expected)
 
 
 def test_single_forward_step_equals_grad_cache():
-    """The uncached path (queries and passages padded into one forward) gives GradCache's loss and gradients."""
-    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
-    expected_loss, expected = _run(grad_cache_step, encoder, query_chunks, passage_chunks, loss_fn, backward=PlainChunkBackward())
+    """The uncached path (queries and documents padded into one forward) gives GradCache's loss and gradients."""
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.0)
+    expected_loss, expected = _run(grad_cache_step, encoder, query_chunks, document_chunks, loss_fn, backward=PlainBackward())
     # The same texts as _setup's contrastive_batch(num_queries=5, hard_negatives=1).
     query_texts = [SENTENCES[i] for i in range(5)]
-    passage_texts = [SENTENCES[i + 1 + j] for i in range(5) for j in range(2)]
-    joint = encoder.collate(encoder.tokenize(query_texts, "query", INSTRUCTION) + encoder.tokenize(passage_texts, "document"))
+    document_texts = [SENTENCES[i + 1 + j] for i in range(5) for j in range(2)]
+    joint = pad_in_chunks(encoder.tokenize(query_texts, "query", INSTRUCTION) + encoder.tokenize(document_texts, "document"),
+                          None, encoder.collate)[0]
     encoder.model.zero_grad(set_to_none=True)
-    loss = single_forward_step(encoder.embed, joint, 5, loss_fn, PlainChunkBackward())
+    loss = single_forward_step(encoder.embed, joint, 5, loss_fn, PlainBackward())
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
     assert_gradients_close(lora_gradients(encoder), expected)
 
@@ -214,8 +222,8 @@ class _RecordingBackward:
 
 
 @pytest.mark.parametrize("sync", [True, False])
-def test_only_the_last_passage_chunk_synchronises_and_replays_run_inside_the_context(sync):
-    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
+def test_only_the_last_document_chunk_synchronises_and_replays_run_inside_the_context(sync):
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.0)
     recorder = _RecordingBackward()
 
     def encode(chunk):
@@ -223,7 +231,7 @@ def test_only_the_last_passage_chunk_synchronises_and_replays_run_inside_the_con
             recorder.forwards_inside_context.append(recorder.inside_context)
         return encoder.embed(chunk)
 
-    grad_cache_step(encode, query_chunks, passage_chunks, loss_fn, recorder, sync=sync)
+    grad_cache_step(encode, query_chunks, document_chunks, loss_fn, recorder, sync=sync)
     assert recorder.syncs == [False] * 6 + [sync]
     assert recorder.forwards_inside_context == [True] * 7
 
@@ -233,8 +241,8 @@ def _deepspeed_worker(rank: int, world_size: int, zero_stage: int) -> dict:
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
 
-    encoder, query_chunks, passage_chunks, loss_fn = _setup(lora_dropout=0.0)
-    _, expected = _run(full_graph_step, encoder, query_chunks, passage_chunks, loss_fn)
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.0)
+    _, expected = _run(full_graph_step, encoder, query_chunks, document_chunks, loss_fn)
     encoder.model.zero_grad(set_to_none=True)
     config = {
         "train_micro_batch_size_per_gpu": 1,
@@ -247,7 +255,7 @@ def _deepspeed_worker(rank: int, world_size: int, zero_stage: int) -> dict:
     parameters = [p for p in encoder.model.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=encoder.model, model_parameters=parameters, config=config)
     encoder.model = engine
-    grad_cache_step(encoder.embed, query_chunks, passage_chunks, loss_fn, DeepSpeedChunkBackward(engine), sync=True)
+    grad_cache_step(encoder.embed, query_chunks, document_chunks, loss_fn, DeepSpeedBackward(engine), sync=True)
     gradients = {name: safe_get_full_grad(p).clone() for name, p in engine.module.named_parameters() if p.requires_grad}
     steps_inside = engine.global_steps
     engine.step()
@@ -267,12 +275,12 @@ def test_deepspeed_chunk_backward_matches_full_graph_and_never_steps(zero_stage)
     assert result["steps_inside"] == 0 and result["steps_after"] == 1
 
 
-def test_make_chunk_backward_drives_the_deepspeed_engine_only_once_prepared():
+def test_make_backward_drives_the_deepspeed_engine_only_once_prepared():
     engine = object()
     wrapped = SimpleNamespace(engine=engine)
     prepared = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_engine_wrapped=wrapped)
-    chunk_backward = make_chunk_backward(prepared, model=None)
-    assert isinstance(chunk_backward, DeepSpeedChunkBackward) and chunk_backward.engine is engine
+    chunk_backward = make_backward(prepared, model=None)
+    assert isinstance(chunk_backward, DeepSpeedBackward) and chunk_backward.engine is engine
     unprepared = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_engine_wrapped=None)
     with pytest.raises(RuntimeError, match="accelerator.prepare"):
-        make_chunk_backward(unprepared, model=None)
+        make_backward(unprepared, model=None)

@@ -38,19 +38,19 @@ def _row_losses(
     return losses
 
 
-def reference_terms(queries, passages, query_keys, passage_keys, temperature):
-    """Per-query forward terms (query -> all passages) and reverse terms (positive -> all queries)."""
-    group = len(passages) // len(queries)
+def reference_terms(queries, documents, query_keys, document_keys, temperature):
+    """Per-query forward terms (query -> all documents) and reverse terms (positive -> all queries)."""
+    group = len(documents) // len(queries)
     positive_rows = [i * group for i in range(len(queries))]
-    positive_keys = [passage_keys[row] for row in positive_rows]
-    forward = _row_losses(queries, passages, positive_keys, passage_keys, positive_rows, temperature)
-    positives = [passages[row] for row in positive_rows]
+    positive_keys = [document_keys[row] for row in positive_rows]
+    forward = _row_losses(queries, documents, positive_keys, document_keys, positive_rows, temperature)
+    positives = [documents[row] for row in positive_rows]
     reverse = _row_losses(positives, queries, query_keys, query_keys, list(range(len(queries))), temperature)
     return forward, reverse
 
 
-def reference_loss(queries, passages, query_keys, passage_keys, temperature, symmetric, rows=None):
-    forward, reverse = reference_terms(queries, passages, query_keys, passage_keys, temperature)
+def reference_loss(queries, documents, query_keys, document_keys, temperature, symmetric, rows=None):
+    forward, reverse = reference_terms(queries, documents, query_keys, document_keys, temperature)
     rows = range(len(queries)) if rows is None else rows
     forward_mean = sum(forward[i] for i in rows) / len(rows)
     reverse_mean = sum(reverse[i] for i in rows) / len(rows)
@@ -60,28 +60,28 @@ def reference_loss(queries, passages, query_keys, passage_keys, temperature, sym
 def _batch(num_queries: int, hard_negatives: int, dim: int = 5, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     queries = torch.randn(num_queries, dim, generator=generator, dtype=torch.float64)
-    passages = torch.randn(num_queries * (1 + hard_negatives), dim, generator=generator, dtype=torch.float64)
+    documents = torch.randn(num_queries * (1 + hard_negatives), dim, generator=generator, dtype=torch.float64)
     query_keys = torch.tensor([text_key(f"query {i}") for i in range(num_queries)])
-    passage_keys = torch.tensor([text_key(f"passage {i}") for i in range(passages.shape[0])])
-    return queries, passages, query_keys, passage_keys
+    document_keys = torch.tensor([text_key(f"document {i}") for i in range(documents.shape[0])])
+    return queries, documents, query_keys, document_keys
 
 
-def _loss(queries, passages, query_keys, passage_keys, temperature=0.02, symmetric=False) -> float:
-    return InfoNCELoss(temperature, symmetric)(queries, passages, query_keys, passage_keys).item()
+def _loss(queries, documents, query_keys, document_keys, temperature=0.02, symmetric=False) -> float:
+    return InfoNCELoss(temperature, symmetric)(queries, documents, query_keys, document_keys).item()
 
 
-def _reference(queries, passages, query_keys, passage_keys, temperature=0.02, symmetric=False, rows=None) -> float:
+def _reference(queries, documents, query_keys, document_keys, temperature=0.02, symmetric=False, rows=None) -> float:
     return reference_loss(
-        queries.tolist(), passages.tolist(), query_keys.tolist(), passage_keys.tolist(), temperature, symmetric, rows
+        queries.tolist(), documents.tolist(), query_keys.tolist(), document_keys.tolist(), temperature, symmetric, rows
     )
 
 
-def test_single_query_two_orthogonal_passages_by_hand():
+def test_single_query_two_orthogonal_documents_by_hand():
     # cos(q, p+) = 1, cos(q, p-) = 0, t = 0.5: loss = -log(e^2 / (e^2 + e^0)) = log(1 + e^-2).
     queries = torch.tensor([[3.0, 0.0]], dtype=torch.float64)
-    passages = torch.tensor([[2.0, 0.0], [0.0, 7.0]], dtype=torch.float64)
+    documents = torch.tensor([[2.0, 0.0], [0.0, 7.0]], dtype=torch.float64)
     keys = torch.tensor([text_key("q")]), torch.tensor([text_key("p+"), text_key("p-")])
-    assert _loss(queries, passages, *keys, temperature=0.5) == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-12)
+    assert _loss(queries, documents, *keys, temperature=0.5) == pytest.approx(math.log(1 + math.exp(-2)), abs=1e-12)
 
 
 def test_in_batch_and_hard_negatives_match_reference():
@@ -102,56 +102,56 @@ def test_temperature_matches_reference(temperature):
 
 
 def test_duplicate_positive_text_is_masked():
-    queries, passages, query_keys, passage_keys = _batch(num_queries=3, hard_negatives=1, seed=3)
+    queries, documents, query_keys, document_keys = _batch(num_queries=3, hard_negatives=1, seed=3)
     # Query 0's positive (row 0) reappears as query 2's hard negative (row 5) and query 1's positive (row 2).
-    passage_keys = passage_keys.clone()
-    passage_keys[5] = passage_keys[0]
-    passage_keys[2] = passage_keys[0]
-    masked = _loss(queries, passages, query_keys, passage_keys)
-    assert masked == pytest.approx(_reference(queries, passages, query_keys, passage_keys), abs=1e-9)
-    unique_keys = torch.arange(passages.shape[0])
-    assert abs(masked - _loss(queries, passages, query_keys, unique_keys)) > 1e-3
+    document_keys = document_keys.clone()
+    document_keys[5] = document_keys[0]
+    document_keys[2] = document_keys[0]
+    masked = _loss(queries, documents, query_keys, document_keys)
+    assert masked == pytest.approx(_reference(queries, documents, query_keys, document_keys), abs=1e-9)
+    unique_keys = torch.arange(documents.shape[0])
+    assert abs(masked - _loss(queries, documents, query_keys, unique_keys)) > 1e-3
 
 
 def test_symmetric_term_matches_reference_with_duplicate_queries():
-    queries, passages, query_keys, passage_keys = _batch(num_queries=4, hard_negatives=1, seed=4)
+    queries, documents, query_keys, document_keys = _batch(num_queries=4, hard_negatives=1, seed=4)
     query_keys = query_keys.clone()
     query_keys[3] = query_keys[1]
-    loss = _loss(queries, passages, query_keys, passage_keys, temperature=0.05, symmetric=True)
+    loss = _loss(queries, documents, query_keys, document_keys, temperature=0.05, symmetric=True)
     assert loss == pytest.approx(
-        _reference(queries, passages, query_keys, passage_keys, temperature=0.05, symmetric=True), abs=1e-9
+        _reference(queries, documents, query_keys, document_keys, temperature=0.05, symmetric=True), abs=1e-9
     )
-    assert abs(loss - _loss(queries, passages, query_keys, passage_keys, temperature=0.05)) > 1e-3
+    assert abs(loss - _loss(queries, documents, query_keys, document_keys, temperature=0.05)) > 1e-3
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_rank_one_of_two_offsets_labels_into_the_gathered_batch(monkeypatch, symmetric):
     # Simulated collectives: this process plays rank 1 of 2; the gather prepends rank 0's rows.
-    queries, passages, query_keys, passage_keys = _batch(num_queries=4, hard_negatives=2, seed=5)
-    local_queries, local_passages = queries[2:], passages[6:]
+    queries, documents, query_keys, document_keys = _batch(num_queries=4, hard_negatives=2, seed=5)
+    local_queries, local_documents = queries[2:], documents[6:]
 
     # The loss normalizes before gathering, so rank 0's gathered embeddings arrive normalized.
     def gather_with_grad(t):
-        source = queries[:2] if t.shape[0] == 2 else passages[:6]
+        source = queries[:2] if t.shape[0] == 2 else documents[:6]
         return torch.cat([torch.nn.functional.normalize(source, dim=-1), t])
 
     def gather_keys(t):
-        return torch.cat([query_keys[:2] if t.shape[0] == 2 else passage_keys[:6], t])
+        return torch.cat([query_keys[:2] if t.shape[0] == 2 else document_keys[:6], t])
 
     monkeypatch.setattr(train.loss, "_rank", lambda: 1)
     monkeypatch.setattr(train.loss, "gather_with_grad", gather_with_grad)
     monkeypatch.setattr(train.loss, "_gather_without_grad", gather_keys)
-    loss = _loss(local_queries, local_passages, query_keys[2:], passage_keys[6:], symmetric=symmetric)
-    expected = _reference(queries, passages, query_keys, passage_keys, symmetric=symmetric, rows=[2, 3])
+    loss = _loss(local_queries, local_documents, query_keys[2:], document_keys[6:], symmetric=symmetric)
+    expected = _reference(queries, documents, query_keys, document_keys, symmetric=symmetric, rows=[2, 3])
     assert loss == pytest.approx(expected, abs=1e-9)
 
 
 def test_inconsistent_shapes_raise():
-    queries, passages, query_keys, passage_keys = _batch(num_queries=3, hard_negatives=1)
-    with pytest.raises(ValueError, match="passages"):
-        InfoNCELoss()(queries, passages[:-1], query_keys, passage_keys[:-1])
-    with pytest.raises(ValueError, match="passage_keys"):
-        InfoNCELoss()(queries, passages, query_keys, passage_keys[:-1])
+    queries, documents, query_keys, document_keys = _batch(num_queries=3, hard_negatives=1)
+    with pytest.raises(ValueError, match="documents"):
+        InfoNCELoss()(queries, documents[:-1], query_keys, document_keys[:-1])
+    with pytest.raises(ValueError, match="document_keys"):
+        InfoNCELoss()(queries, documents, query_keys, document_keys[:-1])
 
 
 def test_text_key_is_stable_across_processes_and_fits_int64():

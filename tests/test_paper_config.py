@@ -44,8 +44,18 @@ def test_paper_recipe_runs_on_a_tiny_mistral(config_path, tmp_path, monkeypatch)
                             "model.max_length=96", "model.precision=fp32", "train.max_steps=2", "train.batch_size=4",
                             "train.chunk_size=3", "train.warmup_steps=1", "train.save_every=1", "wandb.mode=disabled"])
     encoder = EchoEncoder.from_pretrained(str(export), dtype="float32")
-    assert (encoder.mode, encoder.pooling, encoder.model.config.model_type) == (config.model.mode, "last", "mistral")
+    assert (encoder.template_set, encoder.pooling, encoder.model.config.model_type) == (config.model.template_set, "last", "mistral")
     vectors = encoder.encode(["a river of stone"], kind="query", instruction=config.data.datasets[0].instruction)
     assert vectors.shape == (1, 32) and abs(float((vectors**2).sum()) - 1) < 1e-5
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if "train/loss" in r] == [1, 2]
+
+
+def test_the_classical_recipe_is_the_echo_recipe_with_another_template_set():
+    echo, classical = (load_config(path).model_dump(mode="json") for path in
+                       (PAPER_CONFIGS[1], PAPER_CONFIGS[0]))
+    assert (echo["model"].pop("template_set"), classical["model"].pop("template_set")) == ("echo_instruct",
+                                                                                          "classical_instruct")
+    assert echo["wandb"].pop("tags") == ["paper", "echo"] and classical["wandb"].pop("tags") == ["paper", "classical"]
+    assert echo.pop("output_dir").endswith("echo") and classical.pop("output_dir").endswith("classical")
+    assert echo == classical

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evaluation.tasks import evaluate_task, resolve_tasks
+from models import EchoEncoder
 from train.launchers.sweep import SweepError, load_sweep, main, sweep_points
 from tests.tiny_models import write_tiny_dataset
 
@@ -18,7 +20,7 @@ def test_the_shipped_ablation_grid_covers_every_factor():
     spec = load_sweep(SHIPPED)
     points = sweep_points(spec)
     assert len(points) == 2 * 2 * 2 * 2 * 2
-    for key, values in [("model.mode", {"echo_instruct", "classical_instruct"}), ("model.pooling", {"mean", "last"}),
+    for key, values in [("model.template_set", {"echo_instruct", "classical_instruct"}), ("model.pooling", {"mean", "last"}),
                         ("lora.r", {8, 16}), ("train.temperature", {0.02, 0.05}), ("lora.trainable_eos", {False, True})]:
         assert {point[key] for point in points} == values
     assert len({json.dumps(point, sort_keys=True) for point in points}) == len(points)
@@ -61,20 +63,25 @@ def test_local_executor_runs_every_point_and_reports_the_metric(tmp_path, tiny_m
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     sweep = {"name": "tiny", "method": "grid", "metric": {"name": "eval/toy/S2", "goal": "maximize"},
              "command": ["${env}", "${interpreter}", "${program}", "--config", str(tmp_path / "base.yaml"), "${args_no_hyphens}"],
-             "parameters": {"model.mode": {"values": ["echo_instruct", "classical_instruct"]},
+             "parameters": {"model.template_set": {"values": ["echo_instruct", "classical_instruct"]},
                             "model.pooling": {"values": ["mean", "last"]},
                             "train.max_steps": {"value": 2}, "export.eval_tasks": {"value": ["toy"]},
                             "export.eval_max_examples": {"value": 6}}}
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     assert main([str(tmp_path / "sweep.yaml"), "--executor", "local", "--out", str(tmp_path / "out"), "train.seed=3"]) == 0
     report = json.loads((tmp_path / "out" / "results.json").read_text())
+    toy_task = resolve_tasks(["toy"])["toy"]
+    # yaml.safe_dump sorted the parameters, so pooling comes first in the file and in every label.
     assert [r["label"] for r in report["results"]] == [
-        "mode=echo_instruct,pooling=mean", "mode=echo_instruct,pooling=last",
-        "mode=classical_instruct,pooling=mean", "mode=classical_instruct,pooling=last"]
+        f"pooling={pooling},template_set={templates}"
+        for pooling in ("mean", "last") for templates in ("echo_instruct", "classical_instruct")]
     for result in report["results"]:
-        assert 0.0 <= result["eval/toy/S2"] <= 1.0
-        exported = json.loads((Path(result["run_dir"]) / "export" / "echo_config.json").read_text())
-        assert (exported["templates"]["name"], exported["pooling"]) == (result["point"]["model.mode"], result["point"]["model.pooling"])
+        export = Path(result["run_dir"]) / "export"
+        # The reported metric is the point's own: recomputed here from its export (fp32 runs).
+        rescored = evaluate_task(EchoEncoder.from_pretrained(str(export), dtype="float32"), toy_task, max_examples=6)
+        assert result["eval/toy/S2"] == pytest.approx(rescored["S2"], abs=1e-9)
+        exported = json.loads((export / "echo_config.json").read_text())
+        assert (exported["templates"]["name"], exported["pooling"]) == (result["point"]["model.template_set"], result["point"]["model.pooling"])
         assert yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())["train"]["seed"] == 3
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n| ") == 5 and "**" in table

@@ -106,7 +106,7 @@ def test_template_parsing_errors_name_the_problem(tmp_path):
         get_template_set("mine", template_file)
     template_file.write_text("mine:\n  query: 'Q: {text} again {pooled_text}'\n  document: 'D: {pooled_text}'\n")
     assert get_template_set("mine", template_file).query.text_copies == 2
-    with pytest.raises(ValueError, match="unknown mode 'nope'"):
+    with pytest.raises(ValueError, match="unknown template set 'nope'"):
         get_template_set("nope")
 
 

@@ -27,11 +27,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 
+from echo_base import BadInputError
 from models.zero3 import outside_zero3
 from train.config import TrainConfig
 
 
-class ProcessViewError(ValueError):
+class ProcessViewError(BadInputError):
     """Accelerate, torch.distributed and the launcher disagree on the processes of the run."""
 
 
@@ -95,7 +96,7 @@ def fill_deepspeed_config(accelerator: Accelerator, train: TrainConfig) -> None:
     Call before ``accelerator.prepare``. Accelerate would fill ``gradient_clipping`` with 1.0
     whatever train.max_grad_norm says, and it can only derive the batch sizes from a
     prepared DataLoader, which this loop does not use. A value the file sets explicitly
-    must agree with the run config; raises ValueError naming both keys otherwise.
+    must agree with the run config; raises BadInputError naming both keys otherwise.
     """
     if accelerator.distributed_type != DistributedType.DEEPSPEED:
         return
@@ -123,7 +124,7 @@ def fill_deepspeed_config(accelerator: Accelerator, train: TrainConfig) -> None:
         if current == "auto":
             node[key] = value
         elif current != value:
-            raise ValueError(f"{source}: {dotted}={current!r} disagrees with {owner}={value!r}; set it to \"auto\"")
+            raise BadInputError(f"{source}: {dotted}={current!r} disagrees with {owner}={value!r}; set it to \"auto\"")
 
 
 def model_build_context(accelerator: Accelerator) -> AbstractContextManager:

@@ -9,16 +9,18 @@
   the source for resuming them and for :mod:`models.export`;
 * ``export_spec.json``, ``config.yaml`` and ``state.json`` (step, sampler position).
 
-A checkpoint is written into ``step-<N>.partial`` and renamed when every process has
-finished writing, so a crash mid-save leaves only a ``.partial`` folder, which resume
-ignores (and the next save of that step replaces).
+A checkpoint is written into a hidden staging folder (:mod:`echo_base.atomic`) and
+published when every process has finished writing, so a crash mid-save leaves only the
+staging folder, which resume ignores (and the next save of that step replaces).
+
+:class:`Checkpointer` binds what every save of a run shares (the accelerator, the model,
+the folder, what the export needs, the sampler whose position it records).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -26,8 +28,10 @@ from accelerate.utils import DistributedType
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.lora import load_trainable_state, trainable_state_dict
+from data.sampler import SingleDatasetBatchSampler
+from echo_base import BadInputError, publish_folder, staging_folder, staging_path
 from models.export import ADAPTER_FILE, EXPORT_SPEC_FILE
+from models.lora import load_trainable_state, trainable_state_dict
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -43,7 +47,7 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     """The checkpoint to resume from: 'auto' = latest complete one (or none), 'none', or a path.
 
-    Raises ValueError when a given path is not a complete checkpoint.
+    Raises BadInputError when a given path is not a complete checkpoint.
     """
     if resume == "none":
         return None
@@ -52,7 +56,7 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not (path / "state.json").is_file():
-        raise ValueError(f"train.resume={resume!r}: not a complete checkpoint folder (no state.json)")
+        raise BadInputError(f"train.resume={resume!r}: not a complete checkpoint folder (no state.json)")
     return path
 
 
@@ -67,43 +71,63 @@ def _trim_to_trainable(model: nn.Module):
     return hook
 
 
-def save_checkpoint(accelerator: Accelerator, model: nn.Module, output_dir: Path, step: int, *,
-                    export_spec: dict, config_yaml: str, sampler_state: dict) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically; every process must call it."""
-    final = Path(output_dir) / CHECKPOINTS / f"step-{step}"
-    partial = final.with_name(final.name + ".partial")
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
-    accelerator.wait_for_everyone()
+class Checkpointer:
+    """Saves and restores the checkpoints of one run; every process must make the same calls."""
 
-    adapter = trainable_state_dict(accelerator.unwrap_model(model))  # collective under ZeRO-3
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.save_state(str(partial / "accelerate"), exclude_frozen_parameters=True)
-    else:
-        handle = accelerator.register_save_state_pre_hook(_trim_to_trainable(model))
-        accelerator.save_state(str(partial / "accelerate"))
-        handle.remove()
-    if accelerator.is_main_process:
-        save_file(adapter, partial / ADAPTER_FILE)
-        (partial / EXPORT_SPEC_FILE).write_text(json.dumps(export_spec, indent=2))
-        (partial / "config.yaml").write_text(config_yaml)
-        (partial / "state.json").write_text(json.dumps({"step": step, "sampler": sampler_state}, indent=2))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-    accelerator.wait_for_everyone()
-    return final
+    def __init__(self, accelerator: Accelerator, model: nn.Module, output_dir: Path, *, export_spec: dict,
+                 config_yaml: str, sampler: SingleDatasetBatchSampler) -> None:
+        self.accelerator = accelerator
+        self.model = model
+        self.output_dir = Path(output_dir)
+        self.export_spec = export_spec
+        self.config_yaml = config_yaml
+        self.sampler = sampler
 
+    def save(self, step: int) -> Path:
+        """Write ``checkpoints/step-<step>`` atomically and return it."""
+        accelerator = self.accelerator
+        final = self.output_dir / CHECKPOINTS / f"step-{step}"
+        staging = staging_path(final)
+        if accelerator.is_main_process:
+            staging_folder(final)
+        accelerator.wait_for_everyone()
 
-def load_checkpoint(accelerator: Accelerator, model: nn.Module, checkpoint: Path) -> dict:
-    """Restore weights, optimizer, scheduler and RNG from ``checkpoint``; returns its state.json."""
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        accelerator.load_state(str(checkpoint / "accelerate"), load_module_strict=False)
-    else:
-        # The saved model state holds only trainable weights, hence strict=False here and
-        # the exact key check on adapter.safetensors right after.
-        accelerator.load_state(str(checkpoint / "accelerate"), strict=False)
-        load_trainable_state(accelerator.unwrap_model(model), load_file(checkpoint / ADAPTER_FILE), source=str(checkpoint))
-    return json.loads((checkpoint / "state.json").read_text())
+        adapter = trainable_state_dict(accelerator.unwrap_model(self.model))  # collective under ZeRO-3
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            accelerator.save_state(str(staging / "accelerate"), exclude_frozen_parameters=True)
+        else:
+            handle = accelerator.register_save_state_pre_hook(_trim_to_trainable(self.model))
+            accelerator.save_state(str(staging / "accelerate"))
+            handle.remove()
+        if accelerator.is_main_process:
+            save_file(adapter, staging / ADAPTER_FILE)
+            (staging / EXPORT_SPEC_FILE).write_text(json.dumps(self.export_spec, indent=2))
+            (staging / "config.yaml").write_text(self.config_yaml)
+            state = {"step": step, "sampler": self.sampler.state_dict()}
+            (staging / "state.json").write_text(json.dumps(state, indent=2))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            publish_folder(staging, final)
+        accelerator.wait_for_everyone()
+        return final
+
+    def resume(self, resume: str) -> int:
+        """Restore weights, optimizer, scheduler, RNG and sampler position per ``train.resume``;
+        returns the step to continue after (0 when starting fresh)."""
+        checkpoint = resolve_resume(resume, self.output_dir)
+        if checkpoint is None:
+            return 0
+        accelerator = self.accelerator
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:
+            accelerator.load_state(str(checkpoint / "accelerate"), load_module_strict=False)
+        else:
+            # The saved model state holds only trainable weights, hence strict=False here and
+            # the exact key check on adapter.safetensors right after.
+            accelerator.load_state(str(checkpoint / "accelerate"), strict=False)
+            load_trainable_state(accelerator.unwrap_model(self.model), load_file(checkpoint / ADAPTER_FILE),
+                                 source=str(checkpoint))
+        state = json.loads((checkpoint / "state.json").read_text())
+        self.sampler.load_state_dict(state["sampler"])
+        if accelerator.is_main_process:
+            print(f"resumed from {checkpoint} at step {state['step']}")
+        return state["step"]

@@ -1,12 +1,17 @@
 """The one typed schema of a fine-tuning run, and how a run's config is read.
 
-Every key is documented once, here. A run's config is a YAML file plus ``key=value``
-overrides (``train.max_steps=3``); unknown keys, wrong types and impossible
-combinations are all reported together, before any model loads, each naming its key.
+Every key is documented once, here (the ``lora`` section's in :class:`models.lora.LoraConfig`,
+which checkpoints record too). A run's config is a YAML file plus ``key=value`` overrides
+(``train.max_steps=3``); unknown keys, wrong types and impossible combinations are all
+reported together, before any model loads, each naming its key.
+
+A config file may start from another: ``base: other.yaml`` (relative to the file) reads
+that file first and lays this file's sections over it, key by key.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from echo_base import BadInputError
+from models.lora import LoraConfig
+from models.pooling import Pooling
 
 
 class ConfigError(BadInputError):
@@ -26,21 +33,12 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     name: str = Field("smollm2-135m-instruct", description="Base causal LM: registry name, local HF folder or hub id.")
-    mode: str = Field("echo_instruct", description="Template set: a built-in (echo_instruct, classical_instruct, echo, classical, prompteol, ...) or one from template_file.")
+    template_set: str = Field("echo_instruct", description="Template set: a built-in (echo_instruct, classical_instruct, echo, classical, prompteol, ...) or one from template_file.")
     template_file: Path | None = Field(None, description="YAML file of extra template sets (models/templates.py documents the format).")
-    pooling: Literal["mean", "last"] = Field("mean", description="Pool the mean of the pooled copy, or the last token (EOS appended).")
+    pooling: Pooling = Field("mean", description="Pool the mean of the pooled copy, or the last token (EOS appended).")
     max_length: int = Field(256, ge=16, description="Maximum prompt tokens (template + every text copy + EOS); the text is cut, never the template.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype under autocast; weights and LoRA stay float32.")
-
-
-class LoraSettings(_Section):
-    r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA branch input.")
-    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Modules to adapt; 'all-linear' = every attention and MLP projection.")
-    layers: list[int] | None = Field(None, description="Adapt only these decoder layers (None = all). Adapting only the top layers skips most of the backward pass.")
-    trainable_eos: bool = Field(False, description="Train the EOS token's input embedding (the paper's last-token recipe).")
 
 
 class DatasetSpec(_Section):
@@ -63,7 +61,7 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     seed: int = Field(42, description="Seeds data order, LoRA init and dropout.")
     max_steps: int = Field(100, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(32, ge=2, description="Queries per contrastive batch, all processes together: the in-batch negative pool.")
+    batch_size: int = Field(32, ge=2, description="Queries per contrastive batch, all processes together: the in-batch negative pool. The global batch (queries per optimizer step) is batch_size x gradient_accumulation_steps.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Contrastive batches per optimizer step (each its own loss).")
     chunk_size: int | None = Field(None, ge=1, description="GradCache chunk (sequences per forward); None = the whole local batch in one forward.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
@@ -96,7 +94,7 @@ class ExportConfig(_Section):
 class RunConfig(_Section):
     output_dir: Path = Field(Path("runs/echo_lora"), description="Checkpoints, logs and the export go here.")
     model: ModelConfig = Field(default_factory=ModelConfig)
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
@@ -143,9 +141,12 @@ def _format_errors(error: ValidationError) -> str:
     return "; ".join(lines)
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read ``path`` and apply ``section.key=value`` overrides; raises ConfigError naming every bad key."""
-    path = Path(path)
+# Keys renamed in 0.2, accepted under their old names until 0.3: old dotted key -> new dotted key.
+RENAMED_KEYS = {"model.mode": "model.template_set"}
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """The mapping in ``path``, laid over the file its ``base:`` key names (recursively)."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except OSError as error:
@@ -154,11 +155,46 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config is a mapping of sections")
+    if "base" not in raw:
+        return raw
+    base = path.parent / str(raw.pop("base"))
+    if base.resolve() in seen:
+        raise ConfigError(f"{path}: base: {base} includes itself")
+    return _lay_over(_read_yaml(base, (*seen, path.resolve())), raw)
+
+
+def _lay_over(base: dict, top: dict) -> dict:
+    """``base`` with ``top``'s keys laid over it; sections merge key by key, other values are replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        both_sections = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _lay_over(merged[key], value) if both_sections else value
+    return merged
+
+
+def _rename_old_keys(raw: dict, where: str) -> None:
+    for old, new in RENAMED_KEYS.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = raw.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            warnings.warn(f"{where}: {old} is deprecated, use {new} (the old name goes in 0.3)", FutureWarning, stacklevel=3)
+            if new_key in raw.get(new_section, {}):
+                raise ConfigError(f"{where}: both {old} and {new} are set; keep {new}")
+            raw.setdefault(new_section, {})[new_key] = section.pop(old_key)
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read ``path`` and apply ``section.key=value`` overrides; raises ConfigError naming every bad key."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    _rename_old_keys(raw, str(path))
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {override!r}: expected section.key=value")
-        _set_dotted(raw, key, value)
+        _set_dotted(raw, RENAMED_KEYS.get(key, key), value)
+        if key in RENAMED_KEYS:
+            warnings.warn(f"override {key}: deprecated, use {RENAMED_KEYS[key]} (the old name goes in 0.3)", FutureWarning, stacklevel=2)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:

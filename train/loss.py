@@ -1,6 +1,6 @@
 """InfoNCE over in-batch and hard negatives, with cross-process negatives and duplicate masking.
 
-Every query is scored against every passage of the *global* batch (all ranks), so the
+Every query is scored against every document of the *global* batch (all ranks), so the
 number of negatives grows with the world size. Embeddings of the other ranks are
 gathered with an autograd-aware all-gather: the gradient of each rank's loss reaches
 the rank that produced the embedding. `accelerator.gather` would carry no gradient.
@@ -103,7 +103,7 @@ class InfoNCELoss(nn.Module):
     def __init__(self, temperature: float = 0.02, symmetric: bool = False) -> None:
         """`temperature` divides the cosine similarities (the paper uses 1/50).
 
-        `symmetric` adds the passage->query direction (each positive scored against all
+        `symmetric` adds the document->query direction (each positive scored against all
         queries of the global batch) and averages the two directions.
         """
         super().__init__()
@@ -112,13 +112,13 @@ class InfoNCELoss(nn.Module):
         self.temperature = temperature
         self.symmetric = symmetric
 
-    def forward(self, queries: Tensor, passages: Tensor, query_keys: Tensor, passage_keys: Tensor) -> Tensor:
-        """Loss of this rank's queries against the passages of all ranks.
+    def forward(self, queries: Tensor, documents: Tensor, query_keys: Tensor, document_keys: Tensor) -> Tensor:
+        """Loss of this rank's queries against the documents of all ranks.
 
         queries: [b, d] this rank's query embeddings.
-        passages: [b * (1 + k), d], per query [positive, hard_negative_1..k] contiguous.
+        documents: [b * (1 + k), d], per query [positive, hard_negative_1..k] contiguous.
         query_keys: [b] int64 `text_key` of each query text.
-        passage_keys: [b * (1 + k)] int64 `text_key` of each passage text.
+        document_keys: [b * (1 + k)] int64 `text_key` of each document text.
         Returns the mean over this rank's queries. Raises ValueError on inconsistent shapes.
 
         Normalisation: each rank returns the mean over its b queries. The backward of the
@@ -130,42 +130,42 @@ class InfoNCELoss(nn.Module):
         computes. So no world-size factor appears here.
         """
         batch_size = queries.shape[0]
-        if batch_size == 0 or passages.shape[0] % batch_size != 0:
+        if batch_size == 0 or documents.shape[0] % batch_size != 0:
             raise ValueError(
-                f"passages must hold (1 + hard negatives) rows per query: got {passages.shape[0]} "
-                f"passages for {batch_size} queries"
+                f"documents must hold (1 + hard negatives) rows per query: got {documents.shape[0]} "
+                f"documents for {batch_size} queries"
             )
-        if query_keys.shape != (batch_size,) or passage_keys.shape != (passages.shape[0],):
+        if query_keys.shape != (batch_size,) or document_keys.shape != (documents.shape[0],):
             raise ValueError(
-                f"query_keys {tuple(query_keys.shape)} / passage_keys {tuple(passage_keys.shape)} must "
-                f"have one key per query ({batch_size}) / per passage ({passages.shape[0]})"
+                f"query_keys {tuple(query_keys.shape)} / document_keys {tuple(document_keys.shape)} must "
+                f"have one key per query ({batch_size}) / per document ({documents.shape[0]})"
             )
-        passages_per_query = passages.shape[0] // batch_size
+        documents_per_query = documents.shape[0] // batch_size
         # NCCL gathers only device tensors; keys often arrive from a CPU collator.
         query_keys = query_keys.to(queries.device)
-        passage_keys = passage_keys.to(queries.device)
+        document_keys = document_keys.to(queries.device)
         rank = _rank()
         local_rows = torch.arange(batch_size, device=queries.device)
 
-        # Gradient carriers: `queries` and `passages` (this rank's), and through the
-        # gather, the gathered copies of every rank's passages/queries. Keys carry none.
+        # Gradient carriers: `queries` and `documents` (this rank's), and through the
+        # gather, the gathered copies of every rank's documents/queries. Keys carry none.
         queries = F.normalize(queries, dim=-1)
-        passages = F.normalize(passages, dim=-1)
-        all_passages = gather_with_grad(passages)
-        all_passage_keys = _gather_without_grad(passage_keys)
+        documents = F.normalize(documents, dim=-1)
+        all_documents = gather_with_grad(documents)
+        all_document_keys = _gather_without_grad(document_keys)
 
-        # Global index of each local query's positive in the gathered passages.
-        positive_index = (rank * batch_size + local_rows) * passages_per_query
-        logits = queries @ all_passages.T / self.temperature
-        positive_keys = passage_keys[::passages_per_query]
-        loss = _cross_entropy_with_duplicates_masked(logits, positive_index, all_passage_keys, positive_keys)
+        # Global index of each local query's positive in the gathered documents.
+        positive_index = (rank * batch_size + local_rows) * documents_per_query
+        logits = queries @ all_documents.T / self.temperature
+        positive_keys = document_keys[::documents_per_query]
+        loss = _cross_entropy_with_duplicates_masked(logits, positive_index, all_document_keys, positive_keys)
         if not self.symmetric:
             return loss
 
         all_queries = gather_with_grad(queries)
         all_query_keys = _gather_without_grad(query_keys)
         own_query_index = rank * batch_size + local_rows
-        positives = passages[::passages_per_query]
+        positives = documents[::documents_per_query]
         reverse_logits = positives @ all_queries.T / self.temperature
         reverse_loss = _cross_entropy_with_duplicates_masked(
             reverse_logits, own_query_index, all_query_keys, query_keys

@@ -1,0 +1,107 @@
+"""One optimizer step of contrastive training, with every strategy decided once.
+
+    step = TrainingStep(accelerator, model, encoder, optimizer, scheduler, loss_fn,
+                        chunk_size=16, accumulation_steps=1, max_grad_norm=1.0)
+    result = step(batches)  # draws one ContrastiveBatch per accumulation step from a ContrastiveBatches
+
+At construction the step picks how gradients reach the weights (:mod:`train.backward`:
+plain, DDP or DeepSpeed) and how each contrastive batch is embedded and backpropagated:
+in one forward (``chunk_size=None``) or with GradCache in chunks of ``chunk_size``
+sequences (:mod:`train.grad_cache`). A call then draws ``accumulation_steps``
+micro-batches, scales each loss by their number, synchronises gradients on the last
+backward only, and updates once. Nothing is re-decided inside the loop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from accelerate import Accelerator
+from torch import Tensor
+
+from models import EchoEncoder
+from train.backward import make_backward
+from train.collate import ContrastiveBatch, pad_in_chunks
+from train.grad_cache import grad_cache_step, single_forward_step
+from train.loss import InfoNCELoss
+from train.training_data import ContrastiveBatches
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one optimizer step did, over all processes."""
+
+    loss: float  # the mean contrastive loss of the global batch
+    grad_norm: float | None  # before clipping; None when clipping is off
+    lr: float  # the learning rate the next step will use
+    num_tokens: int  # real prompt tokens embedded (with every copy and template token)
+    num_queries: int
+    seconds: float  # wall time of the step on this process, collation included
+
+
+class TrainingStep:
+    """Callable: draws this process's micro-batches, makes one update, returns a StepResult."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        model: torch.nn.Module,
+        encoder: EchoEncoder,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loss_fn: InfoNCELoss,
+        *,
+        chunk_size: int | None,
+        accumulation_steps: int,
+        max_grad_norm: float | None,
+    ) -> None:
+        self.accelerator = accelerator
+        self.encoder = encoder
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.loss_fn = loss_fn
+        self.chunk_size = chunk_size
+        self.accumulation_steps = accumulation_steps
+        self.max_grad_norm = max_grad_norm
+        self.backward = make_backward(accelerator, model)
+        self._forward_backward = self._single_forward if chunk_size is None else self._grad_cache
+
+    def __call__(self, batches: ContrastiveBatches) -> StepResult:
+        started = time.perf_counter()
+        micro_batches = batches.next_step(self.accumulation_steps)
+        local_loss = 0.0
+        for index, batch in enumerate(micro_batches):
+            # Each contrastive batch's loss is divided by the number of micro-batches, so the
+            # summed gradients are those of their mean; ranks are averaged by DDP/DeepSpeed.
+            scaled_loss = partial(self._scaled_loss, batch, len(micro_batches))
+            sync = index == len(micro_batches) - 1
+            local_loss += self._forward_backward(batch, scaled_loss, sync).item()
+        grad_norm = self.backward.update(self.optimizer, self.scheduler, self.max_grad_norm)
+        world = self.accelerator.num_processes
+        # The logged loss is the mean over processes of each one's local mean: the global-batch loss.
+        loss = self.accelerator.reduce(torch.tensor(local_loss, device=self.accelerator.device), "mean").item()
+        return StepResult(
+            loss=loss,
+            grad_norm=grad_norm,
+            lr=self.scheduler.get_last_lr()[0],
+            # Every process holds an equal share of each batch, so this process's count scales.
+            num_tokens=sum(batch.num_tokens for batch in micro_batches) * world,
+            num_queries=sum(len(batch.queries) for batch in micro_batches) * world,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _scaled_loss(self, batch: ContrastiveBatch, micro_batches: int, queries: Tensor, documents: Tensor) -> Tensor:
+        return self.loss_fn(queries, documents, batch.query_keys, batch.document_keys) / micro_batches
+
+    def _single_forward(self, batch: ContrastiveBatch, loss_fn: Callable[[Tensor, Tensor], Tensor], sync: bool) -> Tensor:
+        joint = self.encoder.collate(batch.queries + batch.documents)
+        return single_forward_step(self.encoder.embed, joint, len(batch.queries), loss_fn, self.backward, sync)
+
+    def _grad_cache(self, batch: ContrastiveBatch, loss_fn: Callable[[Tensor, Tensor], Tensor], sync: bool) -> Tensor:
+        query_chunks = pad_in_chunks(batch.queries, self.chunk_size, self.encoder.collate)
+        document_chunks = pad_in_chunks(batch.documents, self.chunk_size, self.encoder.collate)
+        return grad_cache_step(self.encoder.embed, query_chunks, document_chunks, loss_fn, self.backward, sync)

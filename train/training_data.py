@@ -1,0 +1,75 @@
+"""The training data of a run: every example read once, and this process's contrastive batches.
+
+:func:`load_training_data` reads the prepared mix and the config's explicit datasets (a
+malformed row stops the run here, before a model loads). :class:`ContrastiveBatches`
+turns the sampler's global batches, one dataset each, into this process's shard,
+collated into prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.formats import TrainingExample, read_examples
+from data.prepare import prepare_training_mix
+from data.sampler import SingleDatasetBatchSampler, shard
+from train.collate import ContrastiveBatch, Tokenize, collate_examples
+from train.config import DataConfig, DatasetSpec
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """All training examples, which datasets are symmetric, and the dev task folder (if any)."""
+
+    examples: list[TrainingExample]
+    symmetric_datasets: frozenset[str]
+    dev: Path | None
+
+
+def load_training_data(config: DataConfig) -> TrainingData:
+    """Read every dataset of the mix and of ``config.datasets``; raises DataFormatError on a bad row."""
+    specs, dev = [], None
+    if config.mix is not None:
+        mix = prepare_training_mix(config.mix)
+        specs += [DatasetSpec(name=file.stem, path=str(file)) for file in sorted((mix / "train").glob("*.jsonl"))]
+        dev = mix / "dev" if config.dev == "auto" else None
+    specs += config.datasets
+    if config.dev not in (None, "auto"):
+        dev = Path(config.dev)
+    examples: list[TrainingExample] = []
+    for spec in specs:
+        rows = read_examples(spec.path, spec.format, dataset=spec.name, instruction=spec.instruction,
+                             num_negatives=config.num_negatives)
+        examples += rows[: spec.max_examples]
+    return TrainingData(examples, frozenset(spec.name for spec in specs if spec.symmetric), dev)
+
+
+class ContrastiveBatches:
+    """Endless: each call of :meth:`next_step` returns this process's batches for one optimizer step.
+
+    The sampler keeps the position (a checkpoint saves it), so a resumed run continues
+    with the very batch it would have drawn next.
+    """
+
+    def __init__(self, data: TrainingData, sampler: SingleDatasetBatchSampler, tokenize: Tokenize,
+                 num_negatives: int, rank: int, world_size: int) -> None:
+        self.data = data
+        self.sampler = sampler
+        self.tokenize = tokenize
+        self.num_negatives = num_negatives
+        self.rank, self.world_size = rank, world_size
+        self._global_batches = self._endless()
+
+    def next_step(self, micro_batches: int) -> list[ContrastiveBatch]:
+        return [self._next() for _ in range(micro_batches)]
+
+    def _next(self) -> ContrastiveBatch:
+        examples = [self.data.examples[i] for i in shard(next(self._global_batches), self.rank, self.world_size)]
+        symmetric = examples[0].dataset in self.data.symmetric_datasets
+        return collate_examples(examples, self.tokenize, self.num_negatives, symmetric)
+
+    def _endless(self) -> Iterator[list[int]]:
+        while True:  # one epoch per pass; the sampler moves itself to the next epoch
+            yield from self.sampler
