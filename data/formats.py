@@ -27,7 +27,6 @@ from typing import Any, Literal
 from echo_base import BadInputError
 
 ExampleFormat = Literal["echo", "flag", "e5"]
-TaskType = Literal["retrieval", "sts", "classification", "clustering"]
 
 # The JSONL files each task type holds, and the keys every row of them must carry.
 TASK_FILES: dict[str, dict[str, tuple[str, ...]]] = {

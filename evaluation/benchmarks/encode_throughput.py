@@ -16,6 +16,7 @@ import time
 import torch
 
 from data.prepare import prepare_eval_tasks
+from evaluation.cli import add_renamed_flag, parse_list
 from models import EchoEncoder
 
 
@@ -49,19 +50,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="default: float32 weights + bf16 autocast")
-    parser.add_argument("--modes", default="classical,echo")
+    add_renamed_flag(parser, "--template-sets", "--modes", default="classical,echo",
+                     help="comma-separated template sets to time")
     args = parser.parse_args(argv)
 
     texts = corpus_texts(args.texts)
     base = EchoEncoder.from_pretrained(args.model, dtype=args.dtype)
     print(f"model={args.model} texts={len(texts)} batch_size={args.batch_size} dtype={args.dtype or 'fp32+bf16 autocast'} "
           f"threads={torch.get_num_threads()} device={base.device}")
-    print(f"| mode | tokens | seconds | tokens/s | texts/s |\n|---|---|---|---|---|")
+    print(f"| template set | tokens | seconds | tokens/s | texts/s |\n|---|---|---|---|---|")
     results = {}
-    for mode in args.modes.split(","):
-        results[mode] = measure(base.with_mode(mode), texts, args.batch_size, args.repeats)
-        r = results[mode]
-        print(f"| {mode} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['texts_per_s']:.1f} |")
+    for template_set in parse_list(args.template_sets, "--template-sets"):
+        results[template_set] = measure(base.with_templates(template_set), texts, args.batch_size, args.repeats)
+        r = results[template_set]
+        print(f"| {template_set} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['texts_per_s']:.1f} |")
     if "echo" in results and "classical" in results:
         print(f"echo / classical: wall time x{results['echo']['seconds'] / results['classical']['seconds']:.2f}, "
               f"tokens x{results['echo']['tokens'] / results['classical']['tokens']:.2f}")
