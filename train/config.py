@@ -46,7 +46,7 @@ class DatasetSpec(_Section):
     path: str = Field(description="JSONL file, or hf:<dataset_id>[:<split>].")
     format: Literal["echo", "flag", "e5"] = Field("echo", description="Row format (data/formats.py).")
     instruction: str | None = Field(None, description="Query instruction when rows carry none.")
-    symmetric: bool = Field(False, description="Encode the passages with the query template too (symmetric tasks).")
+    symmetric: bool = Field(False, description="Encode the documents with the query template too (symmetric tasks).")
     max_examples: int | None = Field(None, ge=1, description="Use at most this many rows (the first ones).")
 
 
@@ -70,7 +70,7 @@ class TrainConfig(_Section):
     scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warm-up.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
     temperature: float = Field(0.02, gt=0, description="InfoNCE temperature (the paper's scale 50).")
-    symmetric_loss: bool = Field(False, description="Add the passage->query InfoNCE term.")
+    symmetric_loss: bool = Field(False, description="Add the document->query InfoNCE term (each positive scored against all queries).")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (None = only at the end).")
     resume: str = Field("auto", description="'auto' (latest checkpoint in output_dir, if any), 'none', or a checkpoint path.")
     eval_every: int | None = Field(None, ge=1, description="Dev evaluation every N steps (None = before and after training only).")

@@ -42,12 +42,8 @@ class RunLogger:
 
     def __init__(self, enabled: bool, output_dir: Path, wandb_settings: dict, config: dict, total_steps: int,
                  start_step: int, log_every: int, device: torch.device):
-        self.enabled = enabled
-        self.log_every = log_every
-        self.total_steps = total_steps
-        self.device = device
-        self.run = None
-        self.bar = None
+        self.enabled, self.log_every, self.total_steps, self.device = enabled, log_every, total_steps, device
+        self.run = self.bar = None
         self._window_seconds, self._window_tokens, self._window_queries = 0.0, 0, 0
         if not enabled:
             return
