@@ -1,7 +1,8 @@
 """Two processes launched for real (launch.sh --cpu: the shipped accelerate and DeepSpeed
 configs, DeepSpeed's CPU accelerator over gloo) train exactly as one process does on the
-same global batch: DDP, ZeRO-2 and ZeRO-3, with GradCache and cross-process negatives; a
-ZeRO-3 run with the trainable EOS embedding saves complete weights and resumes exactly.
+same global batch: DDP, ZeRO-2 and ZeRO-3 (each with GradCache, ZeRO-3 also without), with
+cross-process negatives; a ZeRO-3 run with the trainable EOS embedding saves complete
+weights and resumes exactly.
 
 Tolerances: everything runs in float32 and the two-process runs differ from the
 one-process run only in summation order (all-reduce / reduce-scatter of gradients, the
@@ -128,9 +129,12 @@ def mean_pooling_reference(run_config, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("launch_flags, overrides", [
     ([], []),
     (["--zero", "2"], []),
+    # GradCache under ZeRO-3: each chunk's replayed forward gathers the partitioned adapters again,
+    # and the documents (2 positives + 2 negatives per process) split 3 + 1, an uneven last chunk.
+    (["--zero", "3"], []),
     # No chunking: single_forward_step, one forward per backward under ZeRO-3 partitioning.
     (["--zero", "3"], ["train.chunk_size=null"]),
-], ids=["ddp", "zero2-gradcache", "zero3-single-forward"])
+], ids=["ddp", "zero2-gradcache", "zero3-gradcache", "zero3-single-forward"])
 def test_two_processes_train_like_one(run_config, mean_pooling_reference, tmp_path, launch_flags, overrides):
     run_dir = tmp_path / "two-processes"
     stdout = _two_processes(launch_flags, run_config, run_dir, *overrides)

@@ -2,7 +2,7 @@
 
 :func:`load_training_data` reads the prepared mix and the config's explicit datasets (a
 malformed row stops the run here, before a model loads). :class:`ContrastiveBatches`
-turns the sampler's global batches, one dataset each, into this process's shard,
+turns the sampler's contrastive batches (all processes together, one dataset each) into this process's shard,
 collated into prompts.
 """
 
