@@ -31,6 +31,7 @@ isolate_cache(os.environ)
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import pytest  # noqa: E402  (after the environment is set: nothing below may see the user's cache)
+import torch  # noqa: E402
 
 from tests.tiny_models import build_bpe_tokenizer, build_sentencepiece_tokenizer, save_tiny_llama  # noqa: E402
 
@@ -45,3 +46,14 @@ def tiny_model_dir(tmp_path_factory):
 def tiny_sentencepiece_model_dir(tmp_path_factory):
     """A tiny random Llama with a SentencePiece-style tokenizer (Llama-2-style, adds BOS)."""
     return save_tiny_llama(tmp_path_factory.mktemp("tiny-sp"), build_sentencepiece_tokenizer())
+
+
+@pytest.fixture()
+def one_torch_thread(monkeypatch):
+    """One thread for tiny models: they gain nothing from more, and on shared cores OpenMP
+    spin-waits make them many times slower. Runs of train/finetune.py read ECHO_CPU_THREADS."""
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("ECHO_CPU_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

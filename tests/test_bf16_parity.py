@@ -36,6 +36,7 @@ from transformers import LlamaModel
 from models.encoder import EchoEncoder
 from models.templates import get_template_set
 from tests.distributed import run_in_processes
+from tests.test_grad_cache import contrastive_batch, tiny_lora_encoder
 from tests.tiny_models import build_bpe_tokenizer, tiny_llama_config
 from train.collate import pad_in_chunks
 from train.grad_cache import grad_cache_step
@@ -44,35 +45,12 @@ from train.loss import InfoNCELoss, text_key
 U = 2.0**-8  # bf16 unit roundoff: 8 significand bits
 GRAD_ROUNDINGS = 4  # weight-gradient matmul, its activations, its incoming gradient, chunk cancellation
 TEMPERATURE = 0.02  # the training default: the low temperature is where bf16 rounding matters most
-INSTRUCTION = "Retrieve semantically similar text"
-LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-SENTENCES = [
-    "where do birds fly in winter?",
-    "Many birds migrate south in the winter to find food and warmth.",
-    "cats",
-    "the quick brown fox jumps over the lazy dog",
-    "a fast dark fox leaps over a sleepy hound and runs to the river",
-    "mountains and the sea",
-    "hello world means greeting",
-    "rivers flow to the sea through mountains",
-    "dogs and cats in one paragraph",
-    "what does hello world mean?",
-    "write about the lazy dog",
-    "the sea is warm in winter",
-    "birds",
-]
 GLOBAL_QUERIES = 6
 DOCUMENTS_PER_QUERY = 2  # the positive and one hard negative
 WORLD_SIZE = 2
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on shared cores OpenMP spin-waits make them slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class LocalBackward:
@@ -90,28 +68,15 @@ class LocalBackward:
 
 
 def bf16_lora_encoder(lora_dropout: float) -> EchoEncoder:
-    """A tiny random Llama with LoRA on every linear layer (B random too, so every adapter gets
-    gradient), embedding under bf16 autocast."""
-    tokenizer = build_bpe_tokenizer()
-    torch.manual_seed(0)
-    model = LlamaModel(tiny_llama_config(len(tokenizer)))
-    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=lora_dropout, target_modules=LORA_TARGETS,
-                      init_lora_weights=False)
-    return EchoEncoder(get_peft_model(model, lora), tokenizer, get_template_set("echo"), pooling="mean",
-                       autocast_dtype=torch.bfloat16)
+    """test_grad_cache's tiny LoRA Llama (B random too, so every adapter gets gradient), embedding under bf16 autocast."""
+    encoder = tiny_lora_encoder(lora_dropout)
+    encoder.autocast_dtype = torch.bfloat16
+    return encoder
 
 
 def global_batch(encoder: EchoEncoder):
-    """Query prompts, document prompts ([positive, hard negative] per query) and their text keys.
-
-    Query i's documents are the next sentences, so texts repeat across queries and the
-    duplicate mask is exercised.
-    """
-    query_texts = [SENTENCES[i % len(SENTENCES)] for i in range(GLOBAL_QUERIES)]
-    document_texts = [SENTENCES[(i + 1 + j) % len(SENTENCES)]
-                      for i in range(GLOBAL_QUERIES) for j in range(DOCUMENTS_PER_QUERY)]
-    return (encoder.tokenize(query_texts, "query", INSTRUCTION), encoder.tokenize(document_texts, "document"),
-            torch.tensor([text_key(t) for t in query_texts]), torch.tensor([text_key(t) for t in document_texts]))
+    """test_grad_cache's contrastive batch: query and document prompts ([positive, hard negative] per query), keys."""
+    return contrastive_batch(encoder, GLOBAL_QUERIES, hard_negatives=DOCUMENTS_PER_QUERY - 1)
 
 
 def lora_gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:

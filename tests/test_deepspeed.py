@@ -75,12 +75,7 @@ def _write_dev_task(folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _one_process(config: Path, output_dir: Path, *overrides: str) -> Path:

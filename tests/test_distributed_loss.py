@@ -14,19 +14,15 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.distributed import run_in_processes
-from tests.test_grad_cache import (  # noqa: F401 (one_torch_thread is an autouse fixture)
-    assert_gradients_close,
-    contrastive_batch,
-    lora_gradients,
-    one_torch_thread,
-    tiny_lora_encoder,
-)
+from tests.test_grad_cache import assert_gradients_close, contrastive_batch, lora_gradients, tiny_lora_encoder
 from train.backward import make_backward
 from train.collate import pad_in_chunks
 from train.grad_cache import grad_cache_step
 from train.loss import InfoNCELoss
 
 WORLD_SIZE = 2
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GLOBAL_QUERIES = 6
 HARD_NEGATIVES = 1
 TEMPERATURE = 0.05

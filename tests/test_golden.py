@@ -54,14 +54,7 @@ INSTRUCTION = "Find the matching text"
 GOLDEN_LOSSES = [2.9594500, 3.5929730, 0.3692625]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    """One thread: fast for a tiny model on shared cores (finetune reads ECHO_CPU_THREADS)."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("ECHO_CPU_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def golden_rows() -> list[dict]:

@@ -17,14 +17,7 @@ PROJECTIONS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self
                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]  # every linear layer of a Llama block
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread(monkeypatch):
-    """One thread: fast for a tiny model on shared cores (finetune reads ECHO_CPU_THREADS)."""
-    threads = torch.get_num_threads()
-    monkeypatch.setenv("ECHO_CPU_THREADS", "1")
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def adapted_modules(model: torch.nn.Module) -> set[str]:
