@@ -2,5 +2,5 @@
 
 from models.encoder import EchoEncoder
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["EchoEncoder", "__version__"]
