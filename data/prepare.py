@@ -405,8 +405,8 @@ def _write_sources_md(path: Path, title: str, rows: list[tuple[str, str, str, st
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build (or reuse) the training mix and/or the evaluation tasks."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: build (or reuse) the training mix and/or the evaluation tasks; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if cached")
     parser.add_argument("--only", choices=["training", "eval"], help="build only one of the two")
@@ -420,6 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         started = time.perf_counter()
         tasks = prepare_eval_tasks(force=args.force)
         _print_built(f"{len(tasks)} evaluation tasks", next(iter(tasks.values())).parent, time.perf_counter() - started)
+    return 0
 
 
 def _print_built(what: str, folder: Path, seconds: float) -> None:
@@ -430,4 +431,4 @@ def _print_built(what: str, folder: Path, seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

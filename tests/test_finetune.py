@@ -58,13 +58,14 @@ def test_training_lowers_the_loss_and_logs_every_step(run_config, tmp_path):
     assert sorted(losses) == list(range(1, 9))
     assert all(np.isfinite(list(losses.values())))
     assert np.mean([losses[7], losses[8]]) < np.mean([losses[1], losses[2]])
-    assert (export / "echo_config.json").is_file() and (export / "README.md").read_text().startswith("# Echo")
+    card = (export / "README.md").read_text()
+    assert (export / "echo_config.json").is_file() and "\n# Echo embedding model fine-tuned from" in card
     final = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
     # The scores logged at the end are the export's own, recomputed here through the merged model.
     toy = EchoEncoder.from_pretrained(str(export), dtype="float32")
     expected = evaluate_task(toy, resolve_tasks(["toy"])["toy"], max_examples=8)
     assert (final["eval/toy/S1"], final["eval/toy/S2"]) == pytest.approx((expected["S1"], expected["S2"]), abs=1e-9)
-    assert "eval/toy/S1" in (export / "README.md").read_text()
+    assert f"### eval/toy\n\n| metric | value |\n|---|---|\n| S1 | {final['eval/toy/S1']:.4f} |" in card
 
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(run_config, tmp_path, monkeypatch):
