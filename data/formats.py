@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from echo_base import BadInputError
+from echo_base import BadInputError, DataFormatError, iter_jsonl
 
 ExampleFormat = Literal["echo", "flag", "e5"]
 
@@ -61,10 +61,6 @@ class TrainingExample:
             row["instruction"] = self.instruction
         row["dataset"] = self.dataset
         return row
-
-
-class DataFormatError(BadInputError):
-    """A malformed data row; the message is one line ``<file>:<line>: <what is wrong>``."""
 
 
 def read_examples(
@@ -105,25 +101,6 @@ def _iter_rows(path: str | Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
         yield from enumerate(_load_hf_rows(str(path)), start=1)
     else:
         yield from iter_jsonl(path)
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line number, row)`` for every non-blank line of a JSONL file of objects.
-
-    Raises DataFormatError ``<file>:<line>: <problem>`` on invalid JSON or a non-object row.
-    """
-    source_name = str(path)
-    with open(path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue  # blank lines (a trailing newline, a hand-edited file) carry no row
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataFormatError(f"{source_name}:{line_number}: invalid JSON ({error.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{source_name}:{line_number}: row must be a JSON object, got {type(row).__name__}")
-            yield line_number, row
 
 
 def _load_hf_rows(spec: str) -> Iterable[Mapping[str, Any]]:

@@ -1,4 +1,4 @@
-"""The one way a folder is written: it appears complete, or not at all.
+"""The one way a folder or a file is written: it appears complete, or not at all.
 
 A folder (a checkpoint, an export, a converted model, a prepared data set, a download)
 is built in a hidden sibling staging folder and renamed into place once complete, so a
@@ -9,6 +9,7 @@ that lists finished folders (checkpoint discovery, caches) ever sees one.
 :func:`atomic_folder` is the usual form. A multi-process writer (a checkpoint, written
 by every rank) uses the parts: :func:`staging_folder` on one process (the others know
 its :func:`staging_path`), then every process writes, then :func:`publish_folder` on the first.
+A single file (embeddings, a report) is written the same way with :func:`atomic_file`.
 """
 
 from __future__ import annotations
@@ -64,3 +65,20 @@ def atomic_folder(target: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     publish_folder(staging, target)
+
+
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """Yield a staging path to write ``target`` to; move the file into place when the block succeeds.
+
+    The staging file is ``target``'s hidden sibling :func:`staging_path`: in the same folder,
+    so the final ``os.replace`` is one rename, which replaces any old ``target`` atomically.
+    If the block raises, the staging file is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    staging = staging_path(target)
+    try:
+        yield staging
+        os.replace(staging, target)
+    finally:
+        staging.unlink(missing_ok=True)  # after a failure; once replaced, there is nothing left to remove

@@ -13,3 +13,7 @@ class BadInputError(ValueError):
 
 class UsageError(BadInputError):
     """A bad command-line argument or option value."""
+
+
+class DataFormatError(BadInputError):
+    """A malformed data file; the message names the file and, where there is one, the line."""

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from data.formats import TASK_FILES, TASK_META_KEYS, DataFormatError, iter_jsonl
+from data.formats import TASK_FILES, TASK_META_KEYS
+from echo_base import DataFormatError, iter_jsonl
 from data.toy import prepare_toy_task
 from evaluation import metrics
 

@@ -24,7 +24,7 @@ from models.templates import TemplateSet, get_template_set, template_set_from_di
 from models.tokenization import PromptIds, PromptTokenizer, pad_prompts
 
 ECHO_CONFIG = "echo_config.json"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class EchoEncoder(nn.Module):
@@ -100,8 +100,8 @@ class EchoEncoder(nn.Module):
         exact float32; "bfloat16"/"float16" = weights in that dtype.
         Raises ValueError on an unknown template set, pooling or dtype.
         """
-        if dtype is not None and not isinstance(dtype, torch.dtype) and dtype not in _DTYPES:
-            raise BadInputError(f"dtype must be one of {sorted(_DTYPES)} or None, got {dtype!r}")
+        if dtype is not None and not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
+            raise BadInputError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
         if pooling is not None:
             check_pooling(pooling)
         path = resolve_model(name_or_path)
@@ -116,7 +116,7 @@ class EchoEncoder(nn.Module):
         if max_length is None and saved is not None:
             max_length = saved.get("max_length")
 
-        weight_dtype = _DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
+        weight_dtype = DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
         autocast_dtype = torch.bfloat16 if dtype is None else None
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModel.from_pretrained(path, dtype=weight_dtype)
@@ -173,35 +173,67 @@ class EchoEncoder(nn.Module):
         instruction: str | Sequence[str | None] | None = None,
         batch_size: int = 32,
         show_progress: bool | None = None,
+        *,
+        max_tokens: int | None = None,
     ) -> np.ndarray:
         """Embed ``texts``: float32 numpy [len(texts), hidden], rows L2-normalized.
 
         ``instruction`` is one instruction for all texts or a list with one per text.
 
-        Texts are sorted by length so batches carry little padding; the result is in
-        input order, and a text gets the same vector alone or in a batch. Raises
-        ValueError on an empty list, a non-string or empty item, an unknown kind or a
-        bad batch size.
+        Batches take the texts longest first, so they carry little padding; each holds at
+        most ``batch_size`` texts and, given ``max_tokens``, at most that many tokens once
+        padded (:func:`length_sorted_batches`). The result is in input order, and a text
+        gets the same vector whatever the batching. The progress bar counts texts (shown
+        by default beyond 8 batches). Raises ValueError on an empty list, a non-string or
+        empty item, an unknown kind or a bad batch size or token budget.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise BadInputError(f"batch_size must be a positive integer, got {batch_size!r}")
         prompts = self.tokenize(texts, kind, instruction)
-        order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
-        starts = range(0, len(order), batch_size)
+        batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size, max_tokens)
         if show_progress is None:
-            show_progress = len(starts) > 8
+            show_progress = len(batches) > 8
         was_training = self.model.training
         self.model.eval()
         blocks = []
-        for start in tqdm(starts, desc=f"encode {kind}", disable=not show_progress, unit="batch"):
-            rows = order[start : start + batch_size]
-            blocks.append((rows, self.embed(self.collate([prompts[row] for row in rows])).cpu().numpy()))
+        with tqdm(total=len(prompts), desc=f"encode {kind}", unit=" texts", disable=not show_progress) as progress:
+            for rows in batches:
+                blocks.append((rows, self.embed(self.collate([prompts[row] for row in rows])).cpu().numpy()))
+                progress.update(len(rows))
         self.model.train(was_training)
         # The width comes from the embeddings: a wrapped model (DDP, a DeepSpeed engine) has no HF config.
         vectors = np.empty((len(prompts), blocks[0][1].shape[1]), dtype=np.float32)
         for rows, block in blocks:
             vectors[rows] = block
         return vectors
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Group item indices into batches for padded forwards: longest first, each batch a run of similar lengths.
+
+    Items are sorted by length, longest first (ties keep input order), and cut into
+    consecutive batches of at most ``batch_size`` items. Given ``max_tokens``, a batch also
+    holds at most that many tokens once padded to its longest item (items x longest
+    length), so long texts come in small batches and short ones in large batches; an item
+    longer than ``max_tokens`` goes alone. Raises BadInputError on a batch size or token
+    budget that is not a positive integer.
+    """
+    _check_positive_int("batch_size", batch_size)
+    if max_tokens is not None:
+        _check_positive_int("max_tokens", max_tokens)
+    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+    batches = []
+    start = 0
+    while start < len(order):
+        # Sorted longest first, a batch's first item sets its padded width.
+        longest = lengths[order[start]]
+        rows = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // longest))
+        batches.append(order[start : start + rows])
+        start += rows
+    return batches
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise BadInputError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_texts(texts: Sequence[str]) -> None:

@@ -1,0 +1,62 @@
+"""Reading line-based text files (plain text, JSONL), with errors that name the file and line.
+
+Both data files (training examples, task folders) and the encode command's input are read
+here, so every reader handles the same real-world files alike: a UTF-8 byte-order mark
+(Windows editors write one) is not part of the first line, CRLF ends are ends, invalid
+UTF-8 names its line, and a missing file or a folder is one clear error. Lines split on
+``\\n`` only (``str.splitlines`` would also split inside a text at a form feed or U+2028).
+Files are streamed, so a large training file is never held twice.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from echo_base.errors import BadInputError, DataFormatError
+
+
+def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line number, line)`` for every line of a UTF-8 file, without its line end.
+
+    Raises BadInputError naming the file when it cannot be opened, and DataFormatError
+    ``<file>:<line>`` for a line that is not valid UTF-8.
+    """
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BadInputError(f"{path}: is a folder, not a file") from None
+    except OSError as error:
+        raise BadInputError(f"{path}: cannot read ({error.strerror})") from None
+    with handle:
+        for line_number, raw in enumerate(handle, start=1):
+            if line_number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataFormatError(f"{path}:{line_number}: not valid UTF-8 ({error.reason})") from None
+            yield line_number, line.removesuffix("\n").removesuffix("\r")
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line number, row)`` for every non-blank line of a JSONL file of objects.
+
+    Raises DataFormatError ``<file>:<line>: <problem>`` on invalid JSON or a non-object row
+    (and what :func:`iter_lines` raises).
+    """
+    for line_number, line in iter_lines(path):
+        if not line.strip():
+            continue  # blank lines (a trailing newline, a hand-edited file) carry no row
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataFormatError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise DataFormatError(f"{path}:{line_number}: row must be a JSON object, got {type(row).__name__}")
+        yield line_number, row

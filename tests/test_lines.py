@@ -1,0 +1,40 @@
+"""echo_base.lines: real-world text files read alike everywhere, errors naming file and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from echo_base import BadInputError, DataFormatError, iter_jsonl, iter_lines
+
+
+def test_a_bom_crlf_ends_and_a_missing_last_newline_are_read_as_plain_lines(tmp_path):
+    path = tmp_path / "t.txt"
+    # A form feed and U+2028 inside a line do not end it; only \n does.
+    path.write_bytes(b"\xef\xbb\xbf" + "first\r\nsecond\x0cstill second\u2028\nlast".encode())
+    assert list(iter_lines(path)) == [(1, "first"), (2, "second\x0cstill second\u2028"), (3, "last")]
+
+
+def test_invalid_utf8_names_its_line(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_bytes(b"ok\nalso ok\nbad \xff byte\n")
+    with pytest.raises(DataFormatError, match=r"t\.txt:3: not valid UTF-8"):
+        list(iter_lines(path))
+
+
+def test_a_missing_file_and_a_folder_are_named(tmp_path):
+    with pytest.raises(BadInputError, match=r"nope\.jsonl: no such file"):
+        list(iter_jsonl(tmp_path / "nope.jsonl"))
+    with pytest.raises(BadInputError, match=r": is a folder, not a file"):
+        list(iter_jsonl(tmp_path))
+
+
+def test_jsonl_rows_skip_blank_lines_and_name_bad_ones(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n\n  \n{"a": 2}\n')
+    assert list(iter_jsonl(path)) == [(1, {"a": 1}), (4, {"a": 2})]
+    path.write_text('{"a": 1}\n[1, 2]\n')
+    with pytest.raises(DataFormatError, match=r"r\.jsonl:2: row must be a JSON object, got list"):
+        list(iter_jsonl(path))
+    path.write_text('{"a": 1}\n{"a": \n')
+    with pytest.raises(DataFormatError, match=r"r\.jsonl:2: invalid JSON"):
+        list(iter_jsonl(path))
