@@ -1,11 +1,13 @@
-"""Result reports: a Markdown table, a bar chart and the JSON they are drawn from.
+"""Result reports: a Markdown table, a bar chart and the JSON they are drawn from; and a
+training run's curves.
 
 A *record* is one evaluated (configuration, task) cell::
 
     {"label": "echo/mean", "task": "sts-bible", "metrics": {"spearman": 0.61, ...},
-     "main_metrics": ["spearman"]}          # optional: what the chart shows
+     "main_metrics": ["spearman"],          # optional: what the chart shows
+     "task_type": "sts"}                    # optional: the chart panel (task family); else the task's own
 
-Labels become table columns and bar colours in first-seen order, so any caller (the
+Labels become table columns and chart rows in first-seen order, so any caller (the
 zero-shot runner, a sweep) decides what a configuration is called.
 """
 
@@ -14,6 +16,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure  # not pyplot: no global figure state, no display backend to pick
+from matplotlib.ticker import MaxNLocator
+
+from echo_base import atomic_file
 
 Record = dict[str, Any]
 
@@ -57,35 +65,91 @@ def format_markdown_table(records: list[Record], metrics: list[str] | None = Non
     return "\n".join(lines)
 
 
-def plot_bar_chart(records: list[Record], path: Path, title: str = "") -> None:
-    """Grouped bars: one group per (task, main metric), one bar per label; saved as PNG."""
-    import matplotlib
+def plot_bar_chart(records: list[Record], path: Path, title: str = "", label_name: str = "configuration") -> Figure:
+    """Horizontal bars, one panel per task family: a row per label, a bar per (task, main metric).
 
-    matplotlib.use("Agg")  # files only: no display on servers or in tests
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    A record's ``task_type`` is its family (a record without one is a family of its own task);
+    each bar is annotated with its value, and the y axis, named ``label_name``, lists the labels
+    top down. Saved as PNG at ``path``; the figure is returned for inspection.
+    """
     labels = _labels(records)
     values = _value_table(records)
-    rows = _rows(records, None, main_only=True)
-    width = 0.8 / max(len(labels), 1)
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.2 * len(rows) * max(1, len(labels) / 3)), 4.5))
-    positions = np.arange(len(rows))
-    for index, label in enumerate(labels):
-        heights = [values.get((task, metric, label), np.nan) for task, metric in rows]
-        axes.bar(positions + (index - (len(labels) - 1) / 2) * width, heights, width, label=label)
-    axes.set_xticks(positions, [f"{task}\n{metric}" for task, metric in rows], fontsize=8)
-    axes.set_ylabel("score")
-    axes.set_title(title)
-    axes.legend(fontsize=8, ncols=min(len(labels), 3))
-    axes.grid(axis="y", alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    families: dict[str, dict[tuple[str, str], None]] = {}  # family -> its (task, metric) rows, first-seen order
+    for record in records:
+        families.setdefault(record.get("task_type", record["task"]), {}).update(
+            dict.fromkeys(_rows([record], None, main_only=True)))
+    most_bars = max(len(rows) for rows in families.values())
+    label_width = 0.07 * max(len(label) for label in labels)  # inches of 8-point tick labels
+    figure = Figure(figsize=(1 + label_width + 4 * len(families), 1.5 + 0.25 * len(labels) * most_bars),
+                    layout="constrained")
+    panels = figure.subplots(1, len(families), sharey=True, squeeze=False)[0]
+    positions = np.arange(len(labels))
+    for axes, (family, rows) in zip(panels, families.items()):
+        height = 0.8 / len(rows)
+        for index, (task, metric) in enumerate(rows):
+            scores = [values.get((task, metric, label)) for label in labels]
+            # A missing score is an empty bar marked "–" (matplotlib leaves a NaN bar unlabelled).
+            bars = axes.barh(positions + (index - (len(rows) - 1) / 2) * height, [score or 0.0 for score in scores],
+                             height, label=f"{task} · {metric}")
+            axes.bar_label(bars, ["–" if score is None else f"{score:.3f}" for score in scores], padding=2, fontsize=7)
+        axes.set_xlabel(", ".join(dict.fromkeys(metric for _, metric in rows)))
+        axes.margins(x=0.2)  # room for the value labels
+        axes.grid(axis="x", alpha=0.3)
+        # Above the panel, clear of the bars: the family, then the colour of each task.
+        axes.legend(title=family, fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    panels[0].set_yticks(positions, labels, fontsize=8)
+    panels[0].invert_yaxis()  # the first label on top, as in the table (the axis is shared)
+    panels[0].set_ylabel(label_name)
+    figure.suptitle(title)
+    _save_png(figure, path)
+    return figure
 
 
-def write_report(records: list[Record], out_dir: Path, title: str, metadata: dict[str, Any] | None = None) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md`` and ``results.png`` into ``out_dir``; return their paths."""
+# The log keys :func:`plot_training` draws in panels of their own, and their axis names.
+_TRAINING_CURVES = {"train/loss": "loss", "train/lr": "learning rate", "train/grad_norm": "gradient norm (before clipping)"}
+
+
+def plot_training(records: list[dict[str, Any]], path: Path, title: str = "") -> Figure:
+    """A training run's curves against step from its log records (log.jsonl's lines), one panel each:
+    loss, learning rate, gradient norm and the dev metrics, each panel only when the log has it.
+
+    A step logged twice (a resumed run logs again the steps after its last checkpoint) shows
+    its last value. Saved as PNG at ``path``; the figure is returned for inspection.
+    """
+    dev_metrics = list(dict.fromkeys(key for record in records for key in record if key.startswith("dev/")))
+    panels = [(name, [key]) for key, name in _TRAINING_CURVES.items() if any(key in record for record in records)]
+    if dev_metrics:
+        panels.append(("dev score", dev_metrics))
+    figure = Figure(figsize=(1 + 3.6 * len(panels), 3.4), layout="constrained")
+    for axes, (name, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for key in keys:
+            series = {record["step"]: record[key] for record in records if key in record}
+            # Dev metrics are a few points apart: markers show where they were measured.
+            axes.plot(list(series), list(series.values()), marker="o" if key in dev_metrics else None,
+                      label=key.removeprefix("dev/"))
+        axes.set_xlabel("step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 1.5 on a short run
+        axes.set_ylabel(name)
+        axes.ticklabel_format(axis="y", scilimits=(-3, 4))  # a learning rate reads 2e-4, not 0.000200
+        axes.grid(alpha=0.3)
+        if keys == dev_metrics:  # the dev metrics share one panel: the legend names them
+            axes.legend(fontsize=7)
+    figure.suptitle(title)
+    _save_png(figure, path)
+    return figure
+
+
+def _save_png(figure: Figure, path: Path) -> None:
+    with atomic_file(path) as staging:
+        figure.savefig(staging, format="png", dpi=120)  # the staging name has no .png to infer the format from
+
+
+def write_report(records: list[Record], out_dir: Path, title: str, metadata: dict[str, Any] | None = None,
+                 label_name: str = "configuration") -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``results.png`` into ``out_dir``; return their paths.
+
+    ``label_name`` says what the labels are, on the chart's axis.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / f"results.{name}" for name in ("json", "md", "png")}
@@ -93,5 +157,5 @@ def write_report(records: list[Record], out_dir: Path, title: str, metadata: dic
         json.dumps({"title": title, **(metadata or {}), "records": records}, indent=2) + "\n", encoding="utf-8"
     )
     paths["md"].write_text(f"# {title}\n\n{format_markdown_table(records)}\n", encoding="utf-8")
-    plot_bar_chart(records, paths["png"], title)
+    plot_bar_chart(records, paths["png"], title, label_name)
     return paths

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     title = f"{args.model}: local tasks" + (f" (max {args.max_examples} examples)" if args.max_examples else "")
     metadata = {"model": args.model, "max_examples": args.max_examples, "batch_size": args.batch_size,
                 "max_length": args.max_length, "argv": sys.argv[1:] if argv is None else argv}
-    paths = write_report(records, args.out, title, metadata)
+    paths = write_report(records, args.out, title, metadata, label_name="template set/pooling")
     print(format_markdown_table(records))
     print(f"\nwrote {', '.join(str(path) for path in paths.values())}", file=sys.stderr)
     return 0

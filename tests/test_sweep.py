@@ -1,16 +1,21 @@
-"""Sweeps: wandb-format files read and enumerated, and the local executor end to end on a tiny model."""
+"""Sweeps: wandb-format files read and enumerated, the wandb executor's commands and registered
+configuration (no network), and the local executor end to end on a tiny model."""
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+import train.launchers.sweep as sweep_launcher
+from evaluation.report import plot_bar_chart
 from evaluation.tasks import evaluate_task, resolve_tasks
 from models import EchoEncoder
-from train.launchers.sweep import SweepError, load_sweep, main, sweep_points
+from train.launchers.sweep import SweepError, load_sweep, main, sweep_points, write_sweep_report
+from train.tracking import run_dir
 from tests.tiny_models import write_tiny_dataset
 
 SHIPPED = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "ablation.yaml"
@@ -75,14 +80,18 @@ def test_local_executor_runs_every_point_and_reports_the_metric(tmp_path, tiny_m
     assert [r["label"] for r in report["results"]] == [
         f"pooling={pooling},template_set={templates}"
         for pooling in ("mean", "last") for templates in ("echo_instruct", "classical_instruct")]
-    for result in report["results"]:
+    for index, result in enumerate(report["results"]):
         export = Path(result["run_dir"]) / "export"
         # The reported metric is the point's own: recomputed here from its export (fp32 runs).
         rescored = evaluate_task(EchoEncoder.from_pretrained(str(export), dtype="float32"), toy_task, max_examples=6)
         assert result["eval/toy/S2"] == pytest.approx(rescored["S2"], abs=1e-9)
         exported = json.loads((export / "echo_config.json").read_text())
         assert (exported["templates"]["name"], exported["pooling"]) == (result["point"]["model.template_set"], result["point"]["model.pooling"])
-        assert yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())["train"]["seed"] == 3
+        run_config = yaml.safe_load((Path(result["run_dir"]) / "config.yaml").read_text())
+        assert run_config["train"]["seed"] == 3
+        # One group for the sweep; each run named after the sweep and its point.
+        assert run_config["wandb"]["group"] == "tiny"
+        assert run_config["wandb"]["name"] == f"tiny-{index:03d} {result['label']}"
     table = (tmp_path / "out" / "results.md").read_text()
     assert table.count("\n| ") == 5 and "**" in table
     assert (tmp_path / "out" / "results.png").stat().st_size > 1000
@@ -96,3 +105,75 @@ def test_a_failing_run_stops_the_sweep_with_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "s.yaml"), "--executor", "local", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "run 0 (r=8) failed" in err[0] and "missing.yaml" in err[0]
+
+
+def _fake_wandb(monkeypatch, sweep_returncode: int = 0, sweep_output: str = "") -> list[list[str]]:
+    """Replace the launcher's subprocess.run: record each command, answer `wandb sweep` like wandb does."""
+    calls = []
+
+    def run(command, **kwargs):
+        calls.append(command)
+        if command[:2] == ["wandb", "sweep"]:
+            return subprocess.CompletedProcess(command, sweep_returncode, stdout="", stderr=sweep_output)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(sweep_launcher.subprocess, "run", run)
+    return calls
+
+
+def test_wandb_executor_registers_the_file_with_the_runs_arguments_and_runs_an_agent(tmp_path, monkeypatch):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"mix": None, "datasets": [{"name": "a", "path": "a.jsonl"}]},
+                                                        "wandb": {"project": "echo-test"}}))
+    sweep = {"name": "tiny", "method": "grid", "metric": {"name": "eval/toy/S2", "goal": "maximize"},
+             "program": "train/finetune.py",
+             "command": ["${env}", "${interpreter}", "${program}", "--config", str(tmp_path / "base.yaml"), "${args_no_hyphens}"],
+             "parameters": {"model.pooling": {"values": ["mean", "last"]}, "train.max_steps": {"value": 2}}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    # wandb colours the agent command when it writes to a terminal.
+    calls = _fake_wandb(monkeypatch, sweep_output="wandb: Creating sweep from: sweep.yaml\n"
+                        "wandb: Run sweep agent with: \x1b[33mwandb agent me/echo-test/abc123\x1b[0m\n")
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "sweep.yaml"), "--executor", "wandb", "--out", str(out), "--max-runs", "3", "train.seed=3"]) == 0
+    assert calls == [["wandb", "sweep", "--project", "echo-test", str(out / "sweep.yaml")],
+                     ["wandb", "agent", "--count", "3", "me/echo-test/abc123"]]
+    # The registered file is the sweep file, its command extended by what every run gets.
+    assert yaml.safe_load((out / "sweep.yaml").read_text()) == {
+        **sweep, "command": [*sweep["command"], "train.seed=3", f"output_dir={out}", "wandb.group=tiny"]}
+
+
+def test_a_failing_wandb_sweep_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"data": {"mix": None, "datasets": [{"name": "a", "path": "a.jsonl"}]}}))
+    sweep = {"method": "grid", "metric": {"name": "m", "goal": "maximize"}, "parameters": {"lora.r": {"values": [8]}},
+             "command": ["python", "x.py", "--config", str(tmp_path / "base.yaml")]}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    calls = _fake_wandb(monkeypatch, sweep_returncode=1, sweep_output="wandb: ERROR No API key configured\n")
+    assert main([str(tmp_path / "s.yaml"), "--executor", "wandb", "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == "error: wandb sweep failed: wandb: ERROR No API key configured\n"
+    assert [command[:2] for command in calls] == [["wandb", "sweep"]]  # no agent
+
+
+def test_an_agent_run_writes_into_a_folder_named_by_its_run_id(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    monkeypatch.setenv("WANDB_RUN_ID", "r1")
+    assert run_dir(tmp_path / "runs") == tmp_path / "runs"  # a run id alone (wandb resume) is not a sweep
+    monkeypatch.setenv("WANDB_SWEEP_ID", "s1")
+    assert run_dir(tmp_path / "runs") == tmp_path / "runs" / "r1"
+
+
+def test_the_sweep_chart_has_a_row_per_point_and_the_metric_on_its_axis(tmp_path, monkeypatch):
+    figures = []
+    monkeypatch.setattr(sweep_launcher, "plot_bar_chart", lambda *args, **kwargs: figures.append(plot_bar_chart(*args, **kwargs)))
+    metric = "eval/wordnet-gloss-retrieval/ndcg@10"
+    spec = {"name": "s", "metric": {"name": metric, "goal": "maximize"},
+            "parameters": {"lora.r": {"values": [4, 8, 16]}, "train.max_steps": {"value": 2}}}
+    results = [{"index": index, "label": f"r={r}", "point": {"lora.r": r, "train.max_steps": 2}, metric: value}
+               for index, (r, value) in enumerate([(4, 0.25), (8, 0.5), (16, 0.375)])]
+    paths = write_sweep_report(spec, results, tmp_path)
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (figure,) = figures
+    (axes,) = figure.axes  # one metric: one task, one panel
+    assert [label.get_text() for label in axes.get_yticklabels()] == ["r=4", "r=8", "r=16"]
+    assert [bar.get_width() for bar in axes.patches] == [0.25, 0.5, 0.375]
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("ndcg@10", "point (varied keys)")
+    assert axes.get_legend().get_title().get_text() == "eval/wordnet-gloss-retrieval"
+    assert "| 1 | 8 | **0.5000** |" in paths["md"].read_text()

@@ -83,6 +83,7 @@ class WandbConfig(_Section):
     group: str | None = Field(None, description="Run group (sweeps set it).")
     tags: list[str] = Field(default_factory=list, description="Run tags.")
     mode: Literal["auto", "online", "offline", "disabled"] = Field("auto", description="'auto' = online when WANDB_API_KEY is set, else offline.")
+    log_model: bool = Field(False, description="At the end, log the export (the final checkpoint when export.enabled=false) as a wandb artifact of type 'model' that references its folder (a file:// URI): wandb checksums the files and uploads none, so the artifact leads to the weights only where that folder can be read.")
 
 
 class ExportConfig(_Section):

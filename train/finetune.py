@@ -35,7 +35,7 @@ from train.checkpoint import Checkpointer
 from train.config import RunConfig, config_to_yaml, load_config
 from train.loss import InfoNCELoss
 from train.step import TrainingStep
-from train.tracking import RunLogger
+from train.tracking import RunLogger, run_dir
 from train.training_data import ContrastiveBatches, load_training_data
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> Path:
         export_tasks = resolve_tasks(config.export.eval_tasks) if config.export.eval_tasks else {}
     sampler = SingleDatasetBatchSampler([example.dataset for example in data.examples], config.train.batch_size,
                                         config.train.seed)
-    output_dir = Path(config.output_dir)
+    output_dir = run_dir(config.output_dir)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(config_to_yaml(config))
@@ -106,19 +106,17 @@ def main(argv: list[str] | None = None) -> Path:
             checkpoints.save(step_number)
 
     final_checkpoint = checkpoints.save(config.train.max_steps)
-    final_metrics = evaluate_dev(encoder, data.dev, config.data.dev_max_queries)
-    for task, folder in export_tasks.items():  # the unmerged model embeds exactly as its export will
-        scores = evaluate_task(encoder, folder, max_examples=config.export.eval_max_examples)
-        final_metrics.update({f"eval/{task}/{name}": value for name, value in scores.items()})
-    release_prefetched_parameters(model)
+    final_metrics = evaluate_final(encoder, data.dev, export_tasks, config)
     logger.log(config.train.max_steps, final_metrics)
-    logger.close()
-    if not config.export.enabled:
-        if accelerator.is_main_process:
-            print(f"export: {final_checkpoint} (export.enabled=false: the final checkpoint)")
-        return final_checkpoint
-    card = model_card(spec, final_metrics, config_to_yaml(config), steps=config.train.max_steps)
-    return export_run(accelerator, model, spec, card, final_checkpoint, output_dir / "export")
+    export_dir = final_checkpoint
+    if config.export.enabled:
+        card = model_card(spec, final_metrics, config_to_yaml(config), steps=config.train.max_steps,
+                          training_data=data.sources, dimensions=accelerator.unwrap_model(model).config.hidden_size)
+        export_dir = export_run(accelerator, model, spec, card, final_checkpoint, output_dir / "export")
+    elif accelerator.is_main_process:
+        print(f"export: {final_checkpoint}")  # export.enabled=false: the final checkpoint stands in
+    logger.close(export_dir)  # after the export: wandb.log_model references it
+    return export_dir
 
 
 def describe_run(config: RunConfig, accelerator: Accelerator, examples: list, sampler: SingleDatasetBatchSampler) -> str:
@@ -155,6 +153,16 @@ def evaluate_dev(encoder: EchoEncoder, dev: Path | None, max_queries: int | None
     metrics = evaluate_task(encoder, dev, max_examples=max_queries)
     release_prefetched_parameters(encoder.model)
     return {f"dev/{name}": value for name, value in metrics.items()}
+
+
+def evaluate_final(encoder: EchoEncoder, dev: Path | None, tasks: dict[str, Path], config: RunConfig) -> dict[str, float]:
+    """Dev metrics and the scores on export.eval_tasks; the unmerged model embeds exactly as its export will."""
+    metrics = evaluate_dev(encoder, dev, config.data.dev_max_queries)
+    for task, folder in tasks.items():
+        scores = evaluate_task(encoder, folder, max_examples=config.export.eval_max_examples)
+        metrics.update({f"eval/{task}/{name}": value for name, value in scores.items()})
+    release_prefetched_parameters(encoder.model)
+    return metrics
 
 
 def export_run(accelerator: Accelerator, model, spec: dict, card: str, checkpoint: Path, export_dir: Path) -> Path:

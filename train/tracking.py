@@ -4,6 +4,8 @@ The JSONL log (``<output_dir>/log.jsonl``) is what tests and scripts read back; 
 gets the same records. Only the main process logs. Every ``log_every`` steps a step's
 record also carries the throughput of the steps since the last such record (their own
 time: evaluations and checkpoints in between are not counted) and the peak memory.
+At the end the log is drawn into ``<output_dir>/training.png``, and with
+``wandb.log_model`` the export is logged as a wandb model artifact (a reference).
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ import json
 import os
 import resource
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
+
+from evaluation.report import plot_training
+
+if TYPE_CHECKING:
+    import wandb
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -33,6 +41,28 @@ def wandb_mode(requested: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def run_dir(output_dir: Path) -> Path:
+    """Where a run writes: ``output_dir``, or its subfolder named by the run id when a wandb sweep agent started it.
+
+    An agent starts every run of a sweep with the same command, so with the same output_dir:
+    in one folder the runs would resume from and overwrite each other. The agent puts the
+    sweep's and the run's ids in the environment, and ``wandb.init`` takes the run id from there.
+    """
+    if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+        return Path(output_dir) / os.environ["WANDB_RUN_ID"]
+    return Path(output_dir)
+
+
+def model_artifact(export_dir: Path, name: str) -> wandb.Artifact:
+    """A wandb artifact of type "model" that references ``export_dir`` (file:// URI): wandb records
+    each file's path, size and checksum, and copies nothing."""
+    import wandb
+
+    artifact = wandb.Artifact(name, type="model", description=f"{export_dir} (by reference: the files stay there)")
+    artifact.add_reference(Path(export_dir).resolve().as_uri())
+    return artifact
+
+
 class RunLogger:
     """Writes metrics to log.jsonl and wandb, and drives the progress bar (main process only).
 
@@ -43,11 +73,12 @@ class RunLogger:
     def __init__(self, enabled: bool, output_dir: Path, wandb_settings: dict, config: dict, total_steps: int,
                  start_step: int, log_every: int, device: torch.device):
         self.enabled, self.log_every, self.total_steps, self.device = enabled, log_every, total_steps, device
+        self.output_dir, self.log_model = Path(output_dir), wandb_settings["log_model"]
         self.run = self.bar = None
         self._window_seconds, self._window_tokens, self._window_queries = 0.0, 0, 0
         if not enabled:
             return
-        self.log_file = (Path(output_dir) / "log.jsonl").open("a")
+        self.log_file = (self.output_dir / "log.jsonl").open("a")
         mode = wandb_mode(wandb_settings["mode"])
         if mode != "disabled":
             import wandb
@@ -81,14 +112,22 @@ class RunLogger:
         self.log(step, {**metrics, **extra})
         if self.bar is not None:
             postfix = {"loss": result.loss, **{key.split("/")[1]: value for key, value in metrics.items() if key.endswith("_per_s")}}
-            self.bar.update(1)
+            # The postfix first: update() redraws, so the bar shows this step's numbers beside its count.
             self.bar.set_postfix({key: f"{value:.4g}" for key, value in postfix.items()}, refresh=False)
+            self.bar.update(1)
 
-    def close(self) -> None:
+    def close(self, export_dir: Path) -> None:
+        """End the run: draw the whole log (earlier sessions of a resumed run too) into training.png,
+        log ``export_dir`` (the run's model) as an artifact when ``wandb.log_model`` is set, finish wandb."""
         if not self.enabled:
             return
         if self.bar is not None:
             self.bar.close()
         self.log_file.close()
+        records = [json.loads(line) for line in (self.output_dir / "log.jsonl").read_text().splitlines()]
+        plot_training(records, self.output_dir / "training.png", title=f"training: {self.output_dir.name}")
         if self.run is not None:
+            if self.log_model:
+                # Named by the run id: a run name may hold characters an artifact name may not.
+                self.run.log_artifact(model_artifact(export_dir, f"model-{self.run.id}"))
             self.run.finish()

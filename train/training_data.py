@@ -8,6 +8,7 @@ collated into prompts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,20 +22,23 @@ from train.config import DataConfig, DatasetSpec
 
 @dataclass(frozen=True)
 class TrainingData:
-    """All training examples, which datasets are symmetric, and the dev task folder (if any)."""
+    """All training examples, which datasets are symmetric, the dev task folder (if any), and
+    where each dataset came from: (dataset, source, licence) rows for the model card."""
 
     examples: list[TrainingExample]
     symmetric_datasets: frozenset[str]
     dev: Path | None
+    sources: tuple[tuple[str, str, str], ...]
 
 
 def load_training_data(config: DataConfig) -> TrainingData:
     """Read every dataset of the mix and of ``config.datasets``; raises DataFormatError on a bad row."""
-    specs, dev = [], None
+    specs, dev, recorded = [], None, {}
     if config.mix is not None:
         mix = prepare_training_mix(config.mix)
         specs += [DatasetSpec(name=file.stem, path=str(file)) for file in sorted((mix / "train").glob("*.jsonl"))]
         dev = mix / "dev" if config.dev == "auto" else None
+        recorded = json.loads((mix / "manifest.json").read_text(encoding="utf-8"))["sources"]
     specs += config.datasets
     if config.dev not in (None, "auto"):
         dev = Path(config.dev)
@@ -43,7 +47,9 @@ def load_training_data(config: DataConfig) -> TrainingData:
         rows = read_examples(spec.path, spec.format, dataset=spec.name, instruction=spec.instruction,
                              num_negatives=config.num_negatives)
         examples += rows[: spec.max_examples]
-    return TrainingData(examples, frozenset(spec.name for spec in specs if spec.symmetric), dev)
+    sources = tuple((spec.name, recorded[spec.name]["source"], recorded[spec.name]["license"]) if spec.name in recorded
+                    else (spec.name, spec.path, "not recorded") for spec in specs)
+    return TrainingData(examples, frozenset(spec.name for spec in specs if spec.symmetric), dev, sources)
 
 
 class ContrastiveBatches:

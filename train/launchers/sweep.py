@@ -10,12 +10,18 @@ A sweep file is a wandb sweep configuration: ``method`` (grid or random), ``metr
 the ``section.key=value`` overrides ``train/finetune.py`` takes. Trailing ``key=value``
 arguments apply to every run.
 
-``wandb`` registers the sweep (``wandb sweep``) and runs an agent (``wandb agent``). The
-``local`` executor reads the same file: it enumerates the grid (or draws ``run_cap``
-seeded random points), runs each point as its own ``train/finetune.py`` process logged to
-wandb in the sweep's group, reads the metric the run logged at its end, and writes
-``results.json``, ``results.md`` and ``results.png`` (metric per point) into
-``runs/sweeps/<name>/``. ``auto`` is wandb when a key is configured, else local.
+Every run of a sweep is logged to wandb in the group named after the sweep, and writes into
+a folder of its own under ``--out`` (default ``runs/sweeps/<name>/``).
+
+``wandb`` registers the sweep (``wandb sweep``; the registered configuration, the file's with
+the trailing overrides, ``output_dir`` and ``wandb.group`` appended to its command, is kept as
+``sweep.yaml`` in the output folder) and runs an agent on it (``wandb agent``); each agent run
+writes into ``<out>/<run id>/``. The ``local`` executor reads the same file: it enumerates the
+grid (or draws ``run_cap`` seeded random points), runs each point as its own
+``train/finetune.py`` process in ``<out>/run-NNN/``, named ``<sweep>-NNN <point>``, reads the
+metric the run logged at its end, and writes ``results.json``, ``results.md`` and
+``results.png`` (metric per point) into ``<out>``. ``auto`` is wandb when a key is
+configured, else local.
 """
 
 from __future__ import annotations
@@ -25,20 +31,23 @@ import itertools
 import json
 import math
 import random
+import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from echo_base import BadInputError
+from evaluation.report import plot_bar_chart
+from train.config import load_config
 from train.tracking import wandb_mode
 
 FINETUNE = Path(__file__).resolve().parents[1] / "finetune.py"
 
 
-class SweepError(ValueError):
+class SweepError(BadInputError):
     """A bad sweep file or argument; reported as one line naming the file and key."""
 
 
@@ -108,9 +117,22 @@ def point_label(point: dict[str, Any], varied: list[str]) -> str:
     return ",".join(f"{key.rsplit('.', 1)[-1]}={point[key]}" for key in varied)
 
 
+def _base_config(spec: dict[str, Any]) -> str:
+    return spec["command"][spec["command"].index("--config") + 1]
+
+
+def run_overrides(spec: dict[str, Any], overrides: list[str], output_dir: Path) -> list[str]:
+    """What follows a point's own keys on every run's command line, under either executor: the
+    trailing overrides, then the run's output folder and the sweep's group."""
+    return [*overrides, f"output_dir={output_dir}", f"wandb.group={spec['name']}"]
+
+
+def _last_line(text: str) -> str:
+    return (text.strip().splitlines() or ["(no output)"])[-1]
+
+
 def run_local(spec: dict[str, Any], overrides: list[str], out_root: Path, max_runs: int | None) -> list[dict[str, Any]]:
     """Run every point as a train/finetune.py process; returns one result per point."""
-    base_config = spec["command"][spec["command"].index("--config") + 1]
     points = sweep_points(spec)[:max_runs]
     varied = [key for key, choice in spec["parameters"].items() if "value" not in choice]
     metric = spec["metric"]["name"]
@@ -118,15 +140,13 @@ def run_local(spec: dict[str, Any], overrides: list[str], out_root: Path, max_ru
     for index, point in enumerate(points):
         label = point_label(point, varied)
         run_dir = out_root / f"run-{index:03d}"
-        command = [sys.executable, str(FINETUNE), "--config", base_config,
-                   *(_override(key, value) for key, value in point.items()), *overrides,
-                   f"output_dir={run_dir}", f"wandb.group={spec['name']}", f"wandb.name={spec['name']}-{index:03d}",
-                   "train.resume=auto"]
+        command = [sys.executable, str(FINETUNE), "--config", _base_config(spec),
+                   *(_override(key, value) for key, value in point.items()), *run_overrides(spec, overrides, run_dir),
+                   f"wandb.name={spec['name']}-{index:03d} {label}".rstrip(), "train.resume=auto"]
         print(f"[{index + 1}/{len(points)}] {label}", flush=True)
         completed = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if completed.returncode != 0:
-            last_line = (completed.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise SweepError(f"run {index} ({label}) failed: {last_line}")
+            raise SweepError(f"run {index} ({label}) failed: {_last_line(completed.stderr)}")
         logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
         value = next((record[metric] for record in reversed(logged) if metric in record), None)
         if value is None:
@@ -138,11 +158,6 @@ def run_local(spec: dict[str, Any], overrides: list[str], out_root: Path, max_ru
 
 def write_sweep_report(spec: dict[str, Any], results: list[dict[str, Any]], out_root: Path) -> dict[str, Path]:
     """results.json, results.md (one row per point, best in bold) and results.png (metric per point)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metric, goal = spec["metric"]["name"], spec["metric"]["goal"]
     values = [result[metric] for result in results]
     best = max(values) if goal == "maximize" else min(values)
@@ -155,28 +170,43 @@ def write_sweep_report(spec: dict[str, Any], results: list[dict[str, Any]], out_
     paths = {name: out_root / f"results.{name}" for name in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({"sweep": spec, "results": results}, indent=2, default=str) + "\n")
     paths["md"].write_text("\n".join(lines) + "\n")
-    figure, axes = plt.subplots(figsize=(8, 0.35 * len(results) + 1.5))
-    axes.barh([result["label"] for result in results], values, color=["tab:orange" if v == best else "tab:blue" for v in values])
-    axes.invert_yaxis()
-    axes.set_xlabel(metric)
-    axes.set_title(f"sweep {spec['name']}")
-    axes.tick_params(axis="y", labelsize=7)
-    figure.tight_layout()
-    figure.savefig(paths["png"], dpi=120)
-    plt.close(figure)
+    # The metric's task names the chart's panel, e.g. eval/<task>/ndcg@10 -> "eval/<task>" and "ndcg@10".
+    task, _, name = metric.rpartition("/")
+    records = [{"label": result["label"], "task": task or metric, "metrics": {name: result[metric]}} for result in results]
+    plot_bar_chart(records, paths["png"], f"sweep {spec['name']}: {metric} ({goal})", label_name="point (varied keys)")
     return paths
 
 
-def run_wandb(spec: dict[str, Any], overrides: list[str]) -> None:
-    """Register the sweep with wandb and run an agent in this process's shell."""
-    spec = {**spec, "command": [*spec["command"], *overrides]}
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        yaml.safe_dump(spec, handle)
-    created = subprocess.run(["wandb", "sweep", "--project", "echo-embeddings", handle.name],
-                             capture_output=True, text=True, check=True)
-    sweep_path = next(line.split("wandb agent ")[-1].strip() for line in (created.stdout + created.stderr).splitlines()
-                      if "wandb agent " in line)
-    subprocess.run(["wandb", "agent", sweep_path], check=True)
+def wandb_sweep_config(spec: dict[str, Any], overrides: list[str], out_root: Path) -> dict[str, Any]:
+    """The sweep configuration to register: the sweep file's, with :func:`run_overrides` after its command."""
+    return {**spec, "command": [*spec["command"], *run_overrides(spec, overrides, out_root)]}
+
+
+def wandb_sweep_command(config_file: Path, project: str) -> list[str]:
+    """The command that registers the sweep configuration in ``config_file`` under ``project``."""
+    return ["wandb", "sweep", "--project", project, str(config_file)]
+
+
+def wandb_agent_command(sweep_output: str, max_runs: int | None) -> list[str]:
+    """The agent's command, for the sweep path (entity/project/id) that ``wandb sweep`` printed
+    in ``sweep_output``; raises SweepError when it printed none."""
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", sweep_output)  # wandb colours the path on a terminal
+    found = re.search(r"wandb agent (\S+)", plain)
+    if found is None:
+        raise SweepError(f"wandb sweep printed no sweep to run: {_last_line(plain)}")
+    return ["wandb", "agent", *(["--count", str(max_runs)] if max_runs else []), found.group(1)]
+
+
+def run_wandb(spec: dict[str, Any], overrides: list[str], out_root: Path, max_runs: int | None) -> int:
+    """Register the sweep with wandb (in the base config's wandb.project) and run an agent on it in
+    this shell; returns the agent's exit status."""
+    project = load_config(_base_config(spec), overrides).wandb.project
+    config_file = out_root / "sweep.yaml"
+    config_file.write_text(yaml.safe_dump(wandb_sweep_config(spec, overrides, out_root), sort_keys=False))
+    created = subprocess.run(wandb_sweep_command(config_file, project), capture_output=True, text=True)
+    if created.returncode != 0:
+        raise SweepError(f"wandb sweep failed: {_last_line(created.stderr + created.stdout)}")
+    return subprocess.run(wandb_agent_command(created.stdout + created.stderr, max_runs)).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,8 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path, help="sweep file in wandb's format (configs/sweeps/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="section.key=value applied to every run")
     parser.add_argument("--executor", choices=["auto", "local", "wandb"], default="auto")
-    parser.add_argument("--max-runs", type=int, default=None, help="local executor: run only the first N points")
-    parser.add_argument("--out", type=Path, default=None, help="local executor: output folder (default runs/sweeps/<name>)")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="run at most N points (local: the first N; wandb: the agent's --count)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder, the runs' under it (default runs/sweeps/<name>)")
     args = parser.parse_intermixed_args(argv)
     try:
         bad = [item for item in args.overrides if "=" not in item]
@@ -193,14 +224,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepError(f"expected section.key=value, got {' '.join(bad)}")
         spec = load_sweep(args.sweep)
         executor = args.executor if args.executor != "auto" else ("wandb" if wandb_mode("auto") == "online" else "local")
-        if executor == "wandb":
-            run_wandb(spec, args.overrides)
-            return 0
         out_root = args.out or Path("runs") / "sweeps" / spec["name"]
         out_root.mkdir(parents=True, exist_ok=True)
+        if executor == "wandb":
+            return run_wandb(spec, args.overrides, out_root, args.max_runs)
         results = run_local(spec, args.overrides, out_root, args.max_runs)
         paths = write_sweep_report(spec, results, out_root)
-    except SweepError as error:
+    except BadInputError as error:  # SweepError, or the base config's ConfigError
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(paths["md"].read_text())
