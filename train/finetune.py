@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # `accelerate launch train/finetune.py` runs this file as a script
@@ -178,6 +179,8 @@ def export_run(accelerator: Accelerator, model, spec: dict, card: str, checkpoin
 
 def cli(argv: list[str] | None = None) -> int:
     """Entry point: bad configs, arguments and data end in one line on stderr, exit code 2."""
+    # Warnings (a deprecated config key) read as one line too, without Python's source-line echo.
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
         main(argv)
     except BadInputError as error:  # ConfigError, DataFormatError, UsageError, ...: the user's input, not a bug
