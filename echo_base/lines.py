@@ -1,4 +1,4 @@
-"""Reading line-based text files (plain text, JSONL), with errors that name the file and line.
+"""Reading the user's text files (plain text, JSONL, YAML), with errors that name the file and line.
 
 Both data files (training examples, task folders) and the encode command's input are read
 here, so every reader handles the same real-world files alike: a UTF-8 byte-order mark
@@ -15,6 +15,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from echo_base.errors import BadInputError, DataFormatError
 
@@ -60,3 +62,22 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not isinstance(row, dict):
             raise DataFormatError(f"{path}:{line_number}: row must be a JSON object, got {type(row).__name__}")
         yield line_number, row
+
+
+def read_yaml_mapping(path: str | Path, what: str, error: type[BadInputError] = BadInputError) -> dict[str, Any]:
+    """The mapping a YAML file holds (an empty file holds an empty one); ``what`` names the file's role.
+
+    Raises ``error`` naming the file when it cannot be read, is not valid YAML, or holds
+    something other than a mapping.
+    """
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as problem:
+        raise error(f"{path}: cannot read {what} ({problem.strerror})") from None
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML ({str(problem).splitlines()[0]})") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise error(f"{path}: a {what} is a mapping, got {type(raw).__name__}")
+    return raw

@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from echo_base import BadInputError
+from echo_base import BadInputError, read_yaml_mapping
 
 PieceKind = Literal["literal", "instruction", "text", "pooled_text"]
 _PLACEHOLDER = re.compile(r"\{(instruction|text|pooled_text)\}")
@@ -179,12 +177,7 @@ BUILTIN_TEMPLATE_SETS: dict[str, TemplateSet] = {
 
 def load_template_sets(path: str | Path) -> dict[str, TemplateSet]:
     """Read user template sets from a YAML file mapping set name -> spec."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise BadInputError(f"{path}: cannot read template file: {error}") from None
-    if not isinstance(raw, dict):
-        raise BadInputError(f"{path}: a template file maps set names to {{query, document}} specs")
+    raw = read_yaml_mapping(path, "template file (set name -> {query, document} spec)")
     sets = {}
     for name, spec in raw.items():
         if not isinstance(spec, dict):

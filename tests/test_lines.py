@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from echo_base import BadInputError, DataFormatError, iter_jsonl, iter_lines
+from echo_base import BadInputError, DataFormatError, iter_jsonl, iter_lines, read_yaml_mapping
 
 
 def test_a_bom_crlf_ends_and_a_missing_last_newline_are_read_as_plain_lines(tmp_path):
@@ -38,3 +38,22 @@ def test_jsonl_rows_skip_blank_lines_and_name_bad_ones(tmp_path):
     path.write_text('{"a": 1}\n{"a": \n')
     with pytest.raises(DataFormatError, match=r"r\.jsonl:2: invalid JSON"):
         list(iter_jsonl(path))
+
+
+def test_yaml_mappings_are_read_or_named_with_the_callers_error(tmp_path):
+    class SweepError(BadInputError):
+        pass
+
+    path = tmp_path / "s.yaml"
+    path.write_text("a: 1\nb: [x, y]\n")
+    assert read_yaml_mapping(path, "sweep file", SweepError) == {"a": 1, "b": ["x", "y"]}
+    path.write_text("")
+    assert read_yaml_mapping(path, "config") == {}
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(SweepError, match=r"s\.yaml: a sweep file is a mapping, got list"):
+        read_yaml_mapping(path, "sweep file", SweepError)
+    path.write_text("a: [unclosed\n")
+    with pytest.raises(SweepError, match=r"s\.yaml: not valid YAML"):
+        read_yaml_mapping(path, "sweep file", SweepError)
+    with pytest.raises(BadInputError, match=r"missing\.yaml: cannot read config \(No such file or directory\)"):
+        read_yaml_mapping(tmp_path / "missing.yaml", "config")

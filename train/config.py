@@ -18,7 +18,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from echo_base import BadInputError
+from echo_base import BadInputError, read_yaml_mapping
 from models.lora import LoraConfig
 from models.pooling import Pooling
 
@@ -148,14 +148,7 @@ RENAMED_KEYS = {"model.mode": "model.template_set"}
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """The mapping in ``path``, laid over the file its ``base:`` key names (recursively)."""
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config is a mapping of sections")
+    raw = read_yaml_mapping(path, "config", ConfigError)
     if "base" not in raw:
         return raw
     base = path.parent / str(raw.pop("base"))

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from echo_base import BadInputError
+from echo_base import BadInputError, read_yaml_mapping
 from evaluation.report import plot_bar_chart
 from train.config import load_config
 from train.tracking import wandb_mode
@@ -53,12 +53,7 @@ class SweepError(BadInputError):
 
 def load_sweep(path: Path) -> dict[str, Any]:
     """Read and check a sweep file; raises SweepError naming the file and the bad key."""
-    try:
-        spec = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise SweepError(f"{path}: cannot read sweep file ({error})") from None
-    if not isinstance(spec, dict):
-        raise SweepError(f"{path}: a sweep file is a mapping")
+    spec = read_yaml_mapping(path, "sweep file", SweepError)
     if spec.get("method") not in ("grid", "random"):
         raise SweepError(f"{path}: method must be 'grid' or 'random' (the local executor), got {spec.get('method')!r}")
     metric = spec.get("metric")
