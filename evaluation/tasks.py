@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from data.formats import TASK_FILES, TASK_META_KEYS
-from echo_base import DataFormatError, iter_jsonl
 from data.toy import prepare_toy_task
+from echo_base import DataFormatError, iter_jsonl
 from evaluation import metrics
 
 # The key each JSONL row must carry and the JSON types its value may have.

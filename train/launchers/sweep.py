@@ -108,7 +108,7 @@ def _override(key: str, value: Any) -> str:
 
 
 def point_label(point: dict[str, Any], varied: list[str]) -> str:
-    """A short name from the varied keys only, e.g. 'mode=echo_instruct,pooling=mean,r=8'."""
+    """A short name from the varied keys only, e.g. 'r=8,template_set=echo_instruct,pooling=mean'."""
     return ",".join(f"{key.rsplit('.', 1)[-1]}={point[key]}" for key in varied)
 
 
