@@ -18,20 +18,29 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from echo_base import BadInputError
-from models.pooling import Pooling, check_pooling, pool
+from models.packing import pack_prompts, packed_attention_kwargs, use_packed_attention
+from models.pooling import Pooling, check_pooling, pool, pool_packed
 from models.registry import resolve_model
 from models.templates import TemplateSet, get_template_set, template_set_from_dict
 from models.tokenization import PromptIds, PromptTokenizer, pad_prompts
 
 ECHO_CONFIG = "echo_config.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The prompt cap from_pretrained applies when neither the caller nor the folder sets one. A
+# model's own limit (8k tokens for SmolLM2) makes one batch of long documents take minutes;
+# 512 prompt tokens keep about 240 tokens of each text under echo's two copies.
+DEFAULT_MAX_LENGTH = 512
 
 
 class EchoEncoder(nn.Module):
     """Embeds texts with a causal LM by pooling over a template's pooled span.
 
     ``autocast_dtype`` runs the forward under autocast (bf16 by default: about twice the
-    float32 matmul rate on CPU as well as GPU) while weights and pooling stay float32.
+    float32 matmul rate on CPU as well as GPU) while pooling stays float32.
+
+    ``packing`` (default) runs every forward padding-free (:mod:`models.packing`): the
+    batch's prompts back to back in one row, so no pad token is computed. It switches the
+    model's attention to one that keeps each prompt to itself; ``packing=False`` pads.
     """
 
     def __init__(
@@ -42,6 +51,7 @@ class EchoEncoder(nn.Module):
         pooling: Pooling = "mean",
         max_length: int | None = None,
         autocast_dtype: torch.dtype | None = None,
+        packing: bool = True,
     ) -> None:
         super().__init__()
         check_pooling(pooling)
@@ -53,6 +63,9 @@ class EchoEncoder(nn.Module):
         self.pooling: Pooling = pooling
         self.max_length = max_length
         self.autocast_dtype = autocast_dtype
+        self.packing = packing
+        if packing:
+            use_packed_attention(model)
         model_limit = getattr(model.config, "max_position_embeddings", None)
         self.prompt_tokenizer = PromptTokenizer(
             tokenizer,
@@ -91,12 +104,14 @@ class EchoEncoder(nn.Module):
         *,
         template_file: str | Path | None = None,
         device: str | torch.device | None = None,
+        packing: bool = True,
     ) -> EchoEncoder:
         """Load a model by registry name, local folder or hub id.
 
         ``mode`` names the template set. It and ``pooling``, left out, take what the folder's ``echo_config.json``
         records (an export from training carries its templates and pooling), else
-        echo + mean. ``dtype``: None = float32 weights with bf16 autocast; "float32" =
+        echo + mean. ``max_length`` (prompt tokens), left out, takes the folder's, else
+        :data:`DEFAULT_MAX_LENGTH` (or the model's limit, if lower). ``dtype``: None = float32 weights with bf16 autocast; "float32" =
         exact float32; "bfloat16"/"float16" = weights in that dtype.
         Raises ValueError on an unknown template set, pooling or dtype.
         """
@@ -113,16 +128,19 @@ class EchoEncoder(nn.Module):
         else:
             templates = get_template_set("echo")
         pooling = pooling or (saved["pooling"] if saved else "mean")
-        if max_length is None and saved is not None:
-            max_length = saved.get("max_length")
+        if max_length is None:
+            max_length = (saved or {}).get("max_length")
 
         weight_dtype = DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
         autocast_dtype = torch.bfloat16 if dtype is None else None
         tokenizer = AutoTokenizer.from_pretrained(path)
+        # The base model without its LM head: an embedding never needs the vocabulary projection.
         model = AutoModel.from_pretrained(path, dtype=weight_dtype)
+        if max_length is None:
+            max_length = min(DEFAULT_MAX_LENGTH, getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH)
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device).eval()
-        return cls(model, tokenizer, templates, pooling, max_length, autocast_dtype)
+        return cls(model, tokenizer, templates, pooling, max_length, autocast_dtype, packing)
 
     def with_templates(self, template_set: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
         """Another encoder over the same weights with a different template set and/or pooling."""
@@ -131,7 +149,7 @@ class EchoEncoder(nn.Module):
         else:
             templates = get_template_set(template_set) if template_set else self.templates
         return EchoEncoder(self.model, self.tokenizer, templates, pooling or self.pooling, self.max_length,
-                           self.autocast_dtype)
+                           self.autocast_dtype, self.packing)
 
     def with_mode(self, mode: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
         """:meth:`with_templates` under its old name, kept for code written against 0.1."""
@@ -150,18 +168,23 @@ class EchoEncoder(nn.Module):
         return self.prompt_tokenizer(texts, kind, instruction)
 
     def collate(self, prompts: Sequence[PromptIds]) -> dict[str, torch.Tensor]:
-        return pad_prompts(prompts, self.pad_id, padding_side="right")
+        """The model inputs of ``prompts``: one packed row, or a right-padded batch when ``packing`` is off."""
+        return pack_prompts(prompts) if self.packing else pad_prompts(prompts, self.pad_id, padding_side="right")
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Differentiable, L2-normalized float32 embeddings of a collated batch."""
-        batch = {key: value.to(self.device) for key, value in batch.items()}
+        """Differentiable, L2-normalized float32 embeddings of a collated (packed or padded) batch, in its order."""
+        inputs = {key: value.to(self.device) for key, value in batch.items()}
+        packed = "cu_seq_lens" in inputs
+        if packed:
+            model_inputs = packed_attention_kwargs(batch["cu_seq_lens"], self.device)
+        else:
+            model_inputs = {"attention_mask": inputs["attention_mask"]}
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
-            hidden = self.model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                position_ids=batch["position_ids"],
-            ).last_hidden_state
-        return pool(hidden, batch["pooled_mask"], batch["attention_mask"], self.pooling)
+            hidden = self.model(input_ids=inputs["input_ids"], position_ids=inputs["position_ids"],
+                                **model_inputs).last_hidden_state
+        if packed:
+            return pool_packed(hidden[0], inputs["pooled_mask"], inputs["cu_seq_lens"], self.pooling)
+        return pool(hidden, inputs["pooled_mask"], inputs["attention_mask"], self.pooling)
 
     # no_grad, not inference_mode: under DeepSpeed ZeRO-3 the weights gathered for these forwards
     # would become inference tensors, which a later training forward cannot save for backward.
@@ -180,15 +203,16 @@ class EchoEncoder(nn.Module):
 
         ``instruction`` is one instruction for all texts or a list with one per text.
 
-        Batches take the texts longest first, so they carry little padding; each holds at
-        most ``batch_size`` texts and, given ``max_tokens``, at most that many tokens once
-        padded (:func:`length_sorted_batches`). The result is in input order, and a text
+        Batches take the texts longest first; each holds at most ``batch_size`` texts and,
+        given ``max_tokens``, at most that many tokens (real tokens when packing, else
+        once padded: :func:`length_sorted_batches`). The result is in input order, and a text
         gets the same vector whatever the batching. The progress bar counts texts (shown
         by default beyond 8 batches). Raises ValueError on an empty list, a non-string or
         empty item, an unknown kind or a bad batch size or token budget.
         """
         prompts = self.tokenize(texts, kind, instruction)
-        batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size, max_tokens)
+        batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size, max_tokens,
+                                        packed=self.packing)
         if show_progress is None:
             show_progress = len(batches) > 8
         was_training = self.model.training
@@ -206,28 +230,36 @@ class EchoEncoder(nn.Module):
         return vectors
 
 
-def length_sorted_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
-    """Group item indices into batches for padded forwards: longest first, each batch a run of similar lengths.
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int | None, max_tokens: int | None = None, *, packed: bool = False
+) -> list[list[int]]:
+    """Group item indices into batches: longest first, each batch a run of similar lengths.
 
     Items are sorted by length, longest first (ties keep input order), and cut into
-    consecutive batches of at most ``batch_size`` items. Given ``max_tokens``, a batch also
-    holds at most that many tokens once padded to its longest item (items x longest
-    length), so long texts come in small batches and short ones in large batches; an item
-    longer than ``max_tokens`` goes alone. Raises BadInputError on a batch size or token
-    budget that is not a positive integer.
+    consecutive batches of at most ``batch_size`` items (None: no count cap). Given
+    ``max_tokens``, a batch also holds at most that many tokens: the sum of its lengths
+    when ``packed``, else its padded size (items x longest length). Long items thus come
+    in small batches and short ones in large batches; an item longer than ``max_tokens``
+    goes alone. Raises BadInputError on a batch size or token budget that is not a
+    positive integer.
     """
-    _check_positive_int("batch_size", batch_size)
+    if batch_size is not None:
+        _check_positive_int("batch_size", batch_size)
     if max_tokens is not None:
         _check_positive_int("max_tokens", max_tokens)
     order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
-    batches = []
-    start = 0
-    while start < len(order):
-        # Sorted longest first, a batch's first item sets its padded width.
-        longest = lengths[order[start]]
-        rows = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // longest))
-        batches.append(order[start : start + rows])
-        start += rows
+    rows_cap = batch_size or len(order)
+    batches: list[list[int]] = []
+    tokens = 0  # in the open batch: its real tokens when packed, else its padded size
+    for index in order:
+        # Sorted longest first, the open batch's first item sets its padded width.
+        added = lengths[index] if packed or not batches else lengths[batches[-1][0]]
+        if batches and len(batches[-1]) < rows_cap and (max_tokens is None or tokens + added <= max_tokens):
+            batches[-1].append(index)
+            tokens += added
+        else:
+            batches.append([index])
+            tokens = lengths[index]
     return batches
 
 

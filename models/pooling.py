@@ -42,3 +42,24 @@ def pool(hidden_states: torch.Tensor, pooled_mask: torch.Tensor, attention_mask:
         last = (positions * attention_mask).argmax(dim=1)
         pooled = hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
     return F.normalize(pooled, dim=-1)
+
+
+def pool_packed(hidden_states: torch.Tensor, pooled_mask: torch.Tensor, cu_seq_lens: torch.Tensor, method: Pooling) -> torch.Tensor:
+    """Pool a packed row's ``hidden_states`` [tokens, hidden] per prompt, by sequence index, and L2-normalize.
+
+    The prompts are the spans between consecutive ``cu_seq_lens`` (:mod:`models.packing`).
+    ``mean`` averages each prompt's ``pooled_mask`` positions, ``last`` takes each prompt's
+    last token: the same vectors :func:`pool` gives the padded batch, in float32.
+    """
+    hidden_states = hidden_states.float()
+    if check_pooling(method) == "mean":
+        lengths = (cu_seq_lens[1:] - cu_seq_lens[:-1]).long()
+        sequence_index = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
+        weights = pooled_mask.to(hidden_states.dtype)
+        sums = hidden_states.new_zeros(len(lengths), hidden_states.shape[1]).index_add_(
+            0, sequence_index, hidden_states * weights.unsqueeze(-1))
+        counts = weights.new_zeros(len(lengths)).index_add_(0, sequence_index, weights)
+        pooled = sums / counts.clamp(min=1.0).unsqueeze(-1)
+    else:
+        pooled = hidden_states[cu_seq_lens[1:].long() - 1]
+    return F.normalize(pooled, dim=-1)

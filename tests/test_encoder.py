@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 from models import EchoEncoder
+from models.encoder import DEFAULT_MAX_LENGTH
 from models.pooling import pool
 from models.tokenization import pad_prompts
 
@@ -106,3 +108,22 @@ def test_bad_constructor_arguments_raise_value_errors(tiny_model_dir):
         EchoEncoder.from_pretrained(str(tiny_model_dir), pooling="max")
     with pytest.raises(ValueError, match="dtype must be one of"):
         EchoEncoder.from_pretrained(str(tiny_model_dir), dtype="fp8")
+
+
+def test_from_pretrained_loads_no_lm_head_and_caps_prompts_by_default(tiny_model_dir, tmp_path):
+    """The folder holds a causal LM; the encoder loads the base model alone, and a newcomer's encode
+    is capped at DEFAULT_MAX_LENGTH prompt tokens, or at the model's limit when that is lower."""
+    encoder = EchoEncoder.from_pretrained(str(tiny_model_dir))
+    assert not any("lm_head" in name for name, _ in encoder.model.named_modules())
+    assert encoder.model.get_output_embeddings() is None
+    assert encoder.model.config.max_position_embeddings == 256 < DEFAULT_MAX_LENGTH
+    assert encoder.max_length == 256
+    (prompt,) = encoder.tokenize([" ".join(["word"] * 2000)], "document")
+    assert len(prompt) <= 256
+
+    long_context = tmp_path / "long-context"
+    shutil.copytree(tiny_model_dir, long_context)
+    config = json.loads((long_context / "config.json").read_text())
+    (long_context / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 8192}))
+    assert EchoEncoder.from_pretrained(str(long_context)).max_length == DEFAULT_MAX_LENGTH
+    assert EchoEncoder.from_pretrained(str(long_context), max_length=64).max_length == 64
