@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
 from echo_base import BadInputError
+from models.zero3 import is_zero3_partitioned
 
 
 class LoraConfig(BaseModel):
@@ -58,7 +59,26 @@ def apply_lora(model: PreTrainedModel, config: LoraConfig, eos_token_id: int | N
         trainable_token_indices=[eos_token_id] if config.trainable_eos else None,
         bias="none",
     )
-    return get_peft_model(model, peft_config)
+    peft_model = get_peft_model(model, peft_config)
+    # Trainable weights and their optimizer state stay float32 over a bf16 base: bf16 updates
+    # would round away most of each small step (peft keeps LoRA float32; the EOS delta too).
+    for param in peft_model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    return peft_model
+
+
+def store_frozen_linear_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Store the weights of every frozen linear layer in ``dtype`` (bf16 for bf16 training), in place.
+
+    Under autocast each matmul rounds a float32 weight to bf16 on every call (autocast
+    caches casts of trainable leaves only), so a frozen weight stored in bf16 gives the
+    same products without the per-op cast. Only linear layers: embeddings, norms and the
+    residual stream stay float32, exactly as under autocast, and LoRA weights train in float32.
+    """
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and not module.weight.requires_grad:
+            module.to(dtype)
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -69,7 +89,7 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     Every rank must call this (the gather is collective).
     """
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
-    if any(hasattr(param, "ds_id") for _, param in named):
+    if is_zero3_partitioned(model):
         import deepspeed
 
         with deepspeed.zero.GatheredParameters([param for _, param in named], modifier_rank=None):

@@ -1,5 +1,6 @@
 """Living with DeepSpeed ZeRO-3: building a whole (unpartitioned) model inside a ZeRO-3 run,
-and releasing prefetched parameters after forwards without a backward.
+releasing prefetched parameters after forwards without a backward, and telling whether a
+model is partitioned.
 
 Accelerate registers its DeepSpeed config with transformers as soon as the Accelerator
 exists, whatever ``zero3_init_flag`` says, and under ZeRO-3 ``from_pretrained`` then
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+import torch
 
 
 @contextmanager
@@ -38,3 +41,8 @@ def release_prefetched_parameters(model) -> None:
     """
     if hasattr(model, "empty_partition_cache"):
         model.empty_partition_cache()
+
+
+def is_zero3_partitioned(model: torch.nn.Module) -> bool:
+    """Whether ZeRO-3 partitions ``model``'s parameters (they carry DeepSpeed's ``ds_id``)."""
+    return any(hasattr(param, "ds_id") for param in model.parameters())

@@ -24,6 +24,7 @@ and losing the other rank's negatives all exceed it.
 
 from __future__ import annotations
 
+import copy
 from contextlib import nullcontext
 
 import pytest
@@ -34,11 +35,12 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import LlamaModel
 
 from models.encoder import EchoEncoder
+from models.lora import LoraConfig as ProjectLoraConfig
+from models.lora import apply_lora, store_frozen_linear_weights
 from models.templates import get_template_set
 from tests.distributed import run_in_processes
-from tests.test_grad_cache import contrastive_batch, tiny_lora_encoder
+from tests.test_grad_cache import chunks_of, contrastive_batch, tiny_lora_encoder
 from tests.tiny_models import build_bpe_tokenizer, tiny_llama_config
-from train.collate import pad_in_chunks
 from train.grad_cache import grad_cache_step
 from train.loss import InfoNCELoss, text_key
 
@@ -132,20 +134,20 @@ def test_bf16_grad_cache_equals_one_full_batch_forward():
     queries, documents, query_keys, document_keys = global_batch(encoder)
     expected_loss, expected = full_batch_step(encoder, queries, documents, query_keys, document_keys)
     # 6 queries in chunks of 4 (4, 2); 12 documents in chunks of 5 (5, 5, 2): uneven last chunks.
-    query_chunks = pad_in_chunks(queries, 4, encoder.collate)
-    document_chunks = pad_in_chunks(documents, 5, encoder.collate)
+    query_chunks = chunks_of(queries, 4, encoder.collate)
+    document_chunks = chunks_of(documents, 5, encoder.collate)
     loss, gradients = grad_cache(encoder, encoder.embed, query_chunks, document_chunks, query_keys, document_keys)
     assert_bf16_close(loss, gradients, expected_loss, expected)
 
-    # The tolerance is meaningful: the last document chunk's gradient off by 1/8 exceeds it.
-    last = document_chunks[-1]
+    # The tolerance is meaningful: one replayed document chunk's gradient off by 1/8 exceeds it.
+    replayed = document_chunks[0]
 
-    def last_chunk_gradient_off(chunk):
+    def chunk_gradient_off(chunk):
         embeddings = encoder.embed(chunk)
         # Scaling the replayed embeddings scales this chunk's surrogate, i.e. its cached gradient.
-        return embeddings * (1 + 2**-3) if torch.is_grad_enabled() and chunk is last else embeddings
+        return embeddings * (1 + 2**-3) if torch.is_grad_enabled() and chunk is replayed else embeddings
 
-    _, wrong = grad_cache(encoder, last_chunk_gradient_off, query_chunks, document_chunks, query_keys, document_keys)
+    _, wrong = grad_cache(encoder, chunk_gradient_off, query_chunks, document_chunks, query_keys, document_keys)
     assert max_difference(wrong, expected) > gradient_tolerance(expected)
 
 
@@ -155,8 +157,8 @@ def test_bf16_grad_cache_replays_dropout_and_a_wrong_replay_exceeds_the_toleranc
     encoder = bf16_lora_encoder(lora_dropout=0.3)
     encoder.model.train()
     queries, documents, query_keys, document_keys = global_batch(encoder)
-    query_chunks = pad_in_chunks(queries, 4, encoder.collate)
-    document_chunks = pad_in_chunks(documents, 5, encoder.collate)
+    query_chunks = chunks_of(queries, 4, encoder.collate)
+    document_chunks = chunks_of(documents, 5, encoder.collate)
 
     encoder.model.zero_grad(set_to_none=True)
     torch.manual_seed(1234)
@@ -191,8 +193,8 @@ def _rank_worker(rank: int, world_size: int) -> tuple[float, dict[str, torch.Ten
     documents, document_keys = documents[rank * d : (rank + 1) * d], document_keys[rank * d : (rank + 1) * d]
     encoder.model = DistributedDataParallel(encoder.model)
     # 3 local queries in chunks of 2 (2, 1); 6 local documents in chunks of 4 (4, 2).
-    loss, gradients = grad_cache(encoder, encoder.embed, pad_in_chunks(queries, 2, encoder.collate),
-                                 pad_in_chunks(documents, 4, encoder.collate), query_keys, document_keys,
+    loss, gradients = grad_cache(encoder, encoder.embed, chunks_of(queries, 2, encoder.collate),
+                                 chunks_of(documents, 4, encoder.collate), query_keys, document_keys,
                                  LocalBackward(encoder.model))
     mean_loss = torch.tensor(loss)
     dist.all_reduce(mean_loss)
@@ -222,3 +224,42 @@ def test_two_bf16_processes_equal_one_with_the_global_batch(rank_results):
     local_gradients = {name: sum(g[name] for _, g in halves) / WORLD_SIZE for name in expected}
     assert abs(local_loss - expected_loss) > U * abs(expected_loss)
     assert max_difference(local_gradients, expected) > gradient_tolerance(expected)
+
+
+# -- frozen base weights stored in bf16 ------------------------------------------------------
+def test_frozen_linear_weights_stored_in_bf16_give_the_autocast_step_exactly():
+    """Autocast rounds each float32 weight to bf16 for every matmul; a weight stored rounded gives the
+    same products. Embeddings, norms and LoRA stay float32, so the step is bit-identical."""
+    encoder = bf16_lora_encoder(lora_dropout=0.0)
+    queries, documents, query_keys, document_keys = global_batch(encoder)
+    expected_loss, expected = full_batch_step(encoder, queries, documents, query_keys, document_keys)
+    stored = copy.deepcopy(encoder)
+    store_frozen_linear_weights(stored.model, torch.bfloat16)
+    linear = stored.model.base_model.model.layers[0].self_attn.q_proj
+    assert linear.base_layer.weight.dtype == torch.bfloat16 and linear.lora_A.default.weight.dtype == torch.float32
+    assert stored.model.base_model.model.embed_tokens.weight.dtype == torch.float32
+    loss, gradients = full_batch_step(stored, queries, documents, query_keys, document_keys)
+    assert loss == expected_loss
+    assert max_difference(gradients, expected) == 0.0
+    assert all(gradient.dtype == torch.float32 for gradient in gradients.values())
+    # Without autocast the bf16 weights would meet float32 activations: the forward needs it.
+    stored.autocast_dtype = None
+    with pytest.raises(RuntimeError):
+        stored.embed(stored.collate(queries))
+
+
+def test_apply_lora_over_a_bf16_base_trains_float32_weights_with_float32_optimizer_state():
+    tokenizer = build_bpe_tokenizer()
+    model = LlamaModel(tiny_llama_config(len(tokenizer))).to(torch.bfloat16)
+    peft_model = apply_lora(model, ProjectLoraConfig(r=4, trainable_eos=True), tokenizer.eos_token_id)
+    trainable = [param for param in peft_model.parameters() if param.requires_grad]
+    frozen = [param for param in peft_model.parameters() if not param.requires_grad]
+    assert trainable and all(param.dtype == torch.float32 for param in trainable)
+    assert frozen and all(param.dtype == torch.bfloat16 for param in frozen)
+    encoder = EchoEncoder(peft_model, tokenizer, get_template_set("echo"), autocast_dtype=torch.bfloat16)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-3)
+    encoder.embed(encoder.collate(encoder.tokenize(["cats", "where do birds fly in winter?"], "query"))).sum().backward()
+    optimizer.step()
+    states = [state for state in optimizer.state.values()]
+    assert len(states) == len(trainable)
+    assert all(state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32 for state in states)

@@ -14,9 +14,8 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from tests.distributed import run_in_processes
-from tests.test_grad_cache import assert_gradients_close, contrastive_batch, lora_gradients, tiny_lora_encoder
+from tests.test_grad_cache import assert_gradients_close, chunks_of, contrastive_batch, lora_gradients, tiny_lora_encoder
 from train.backward import make_backward
-from train.collate import pad_in_chunks
 from train.grad_cache import grad_cache_step
 from train.loss import InfoNCELoss
 
@@ -97,7 +96,7 @@ def _ranks_worker(rank: int, world_size: int) -> dict:
 
         # 3 local queries in chunks of 2 (2, 1); 6 local documents in chunks of 4 (4, 2).
         step_loss = grad_cache_step(
-            encoder.embed, pad_in_chunks(queries, 2, encoder.collate), pad_in_chunks(documents, 4, encoder.collate), half_loss,
+            encoder.embed, chunks_of(queries, 2, encoder.collate), chunks_of(documents, 4, encoder.collate), half_loss,
             backward_strategy, sync=sync
         )
         losses.append(_mean_over_ranks(step_loss))

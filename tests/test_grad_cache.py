@@ -19,7 +19,7 @@ from models.templates import get_template_set
 from tests.distributed import run_in_processes
 from tests.tiny_models import build_bpe_tokenizer, tiny_llama_config
 from train.backward import DeepSpeedBackward, PlainBackward, make_backward
-from train.collate import pad_in_chunks
+from train.collate import chunk_prompts, in_batch_order
 from train.grad_cache import grad_cache_step, single_forward_step
 from train.loss import InfoNCELoss, text_key
 
@@ -74,6 +74,12 @@ def contrastive_batch(encoder: EchoEncoder, num_queries: int, hard_negatives: in
     return queries, documents, query_keys, document_keys
 
 
+def chunks_of(prompts, size, collate) -> list[dict[str, torch.Tensor]]:
+    """Collated chunks of ``size`` prompts in batch order (``None``: one chunk); GradCache's contract holds for any chunking."""
+    size = size or len(prompts)
+    return [collate(prompts[start : start + size]) for start in range(0, len(prompts), size)]
+
+
 def lora_gradients(encoder: EchoEncoder) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in encoder.model.named_parameters() if p.requires_grad}
 
@@ -116,34 +122,46 @@ def _setup(lora_dropout: float):
     def loss_fn(q, p):
         return loss(q, p, query_keys, document_keys)
 
-    # 5 queries in chunks of 2 (2, 2, 1); 10 documents in chunks of 3 (3, 3, 3, 1), each chunk padded on its own.
-    return encoder, pad_in_chunks(queries, 2, encoder.collate), pad_in_chunks(documents, 3, encoder.collate), loss_fn
+    # 5 queries in chunks of 2 (2, 2, 1); 10 documents in chunks of 3 (3, 3, 3, 1), each chunk collated on its own.
+    return encoder, chunks_of(queries, 2, encoder.collate), chunks_of(documents, 3, encoder.collate), loss_fn
 
 
-def test_pad_in_chunks_keeps_rows_in_order_and_pads_each_chunk_on_its_own():
+@pytest.mark.parametrize("packed", [True, False])
+def test_chunk_prompts_groups_by_length_within_both_caps_and_the_order_restores_the_batch(packed):
     encoder = tiny_lora_encoder(lora_dropout=0.0)
+    encoder = EchoEncoder(encoder.model, encoder.tokenizer, encoder.templates, packing=packed)
     texts = ["a", "the fox crossed the wide river at dawn", "b c", "snow", "the quick brown fox jumps over the dog"]
     prompts = encoder.tokenize(texts, "document")
-    chunks = pad_in_chunks(prompts, 2, encoder.collate)
-    assert [len(chunk["input_ids"]) for chunk in chunks] == [2, 2, 1]
-    for chunk, rows in zip(chunks, ([0, 1], [2, 3], [4])):
-        # Each chunk is as wide as its own longest prompt, and holds exactly its prompts, in order.
-        assert chunk["input_ids"].shape[1] == max(len(prompts[row]) for row in rows)
-        for position, row in enumerate(rows):
-            length = len(prompts[row])
-            assert chunk["input_ids"][position, :length].tolist() == list(prompts[row].input_ids)
-            assert chunk["attention_mask"][position].sum().item() == length
-    whole = pad_in_chunks(prompts, None, encoder.collate)
-    assert len(whole) == 1 and torch.equal(whole[0]["input_ids"], encoder.collate(prompts)["input_ids"])
-    assert len(pad_in_chunks(prompts, 7, encoder.collate)) == 1
+    lengths = [len(prompt) for prompt in prompts]
+    budget = max(lengths) + min(lengths) + 1
+    chunks, order = chunk_prompts(prompts, 2, budget, encoder.collate, packed=packed)
+    longest_first = sorted(range(len(prompts)), key=lambda row: -lengths[row])
+    assert order.tolist() == longest_first
+    start = 0
+    for chunk in chunks:
+        rows = order[start : start + (len(chunk["cu_seq_lens"]) - 1 if packed else len(chunk["input_ids"]))].tolist()
+        start += len(rows)
+        assert 1 <= len(rows) <= 2
+        tokens = sum(lengths[row] for row in rows) if packed else max(lengths[row] for row in rows) * len(rows)
+        assert tokens <= budget or len(rows) == 1
+        # Each chunk holds exactly its prompts' ids.
+        ids = chunk["input_ids"][0].tolist() if packed else [
+            token for position, row in enumerate(rows) for token in chunk["input_ids"][position, : lengths[row]].tolist()]
+        assert ids == [token for row in rows for token in prompts[row].input_ids]
+    assert start == len(prompts)
+    # Embedding rows in chunk order, put back in the batch's order, are the batch's embeddings.
+    rows_in_chunk_order = torch.cat([encoder.embed(chunk) for chunk in chunks])
+    expected = encoder.embed(encoder.collate(prompts))
+    torch.testing.assert_close(in_batch_order(rows_in_chunk_order, order), expected, atol=1e-5, rtol=0)
+    (whole,), whole_order = chunk_prompts(prompts, None, None, encoder.collate, packed=packed)
+    assert whole_order.tolist() == longest_first and whole["input_ids"].numel() == (
+        sum(lengths) if packed else max(lengths) * len(prompts))
 
 
-def test_pad_in_chunks_rejects_bad_input():
+def test_chunk_prompts_rejects_an_empty_batch():
     encoder = tiny_lora_encoder(lora_dropout=0.0)
     with pytest.raises(ValueError, match="empty"):
-        pad_in_chunks([], 2, encoder.collate)
-    with pytest.raises(ValueError, match="chunk_size"):
-        pad_in_chunks(encoder.tokenize(["a"], "document"), 0, encoder.collate)
+        chunk_prompts([], 2, None, encoder.collate, packed=True)
 
 
 def test_grad_cache_equals_full_graph_with_lora_dropout_replayed():
@@ -173,8 +191,8 @@ def test_without_rng_replay_the_dropout_masks_and_gradients_differ(monkeypatch):
 def test_grad_cache_equals_one_full_batch_forward_without_dropout():
     encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.0)
     queries, documents, _, _ = contrastive_batch(encoder, num_queries=5, hard_negatives=1)  # _setup's batch
-    (whole_queries,) = pad_in_chunks(queries, None, encoder.collate)
-    (whole_documents,) = pad_in_chunks(documents, None, encoder.collate)
+    (whole_queries,) = chunks_of(queries, None, encoder.collate)
+    (whole_documents,) = chunks_of(documents, None, encoder.collate)
     expected_loss, expected = _run(full_graph_step, encoder, [whole_queries], [whole_documents], loss_fn)
     loss, cached = _run(grad_cache_step, encoder, query_chunks, document_chunks, loss_fn, backward=PlainBackward())
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-6)
@@ -188,8 +206,7 @@ def test_single_forward_step_equals_grad_cache():
     # The same texts as _setup's contrastive_batch(num_queries=5, hard_negatives=1).
     query_texts = [SENTENCES[i] for i in range(5)]
     document_texts = [SENTENCES[i + 1 + j] for i in range(5) for j in range(2)]
-    joint = pad_in_chunks(encoder.tokenize(query_texts, "query", INSTRUCTION) + encoder.tokenize(document_texts, "document"),
-                          None, encoder.collate)[0]
+    joint = encoder.collate(encoder.tokenize(query_texts, "query", INSTRUCTION) + encoder.tokenize(document_texts, "document"))
     encoder.model.zero_grad(set_to_none=True)
     loss = single_forward_step(encoder.embed, joint, 5, loss_fn, PlainBackward())
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
@@ -228,6 +245,26 @@ def test_only_the_last_document_chunk_synchronises_and_replays_run_inside_the_co
     grad_cache_step(encode, query_chunks, document_chunks, loss_fn, recorder, sync=sync)
     assert recorder.syncs == [False] * 6 + [sync]
     assert recorder.forwards_inside_context == [True] * 7
+
+
+@pytest.mark.parametrize("inference_mode", [True, False])
+def test_the_last_document_chunk_is_not_replayed_and_either_first_pass_gives_the_full_graph_gradients(inference_mode):
+    """3 query and 4 document chunks: 7 first-pass forwards, 6 replays (the kept chunk's graph serves its backward)."""
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.3)
+    encoder.model.train()
+    _, expected = _run(full_graph_step, encoder, query_chunks, document_chunks, loss_fn)
+    forwards = {"without grad": 0, "with grad": 0, "inference mode": 0}
+
+    def counting_encode(chunk):
+        forwards["with grad" if torch.is_grad_enabled() else "without grad"] += 1
+        forwards["inference mode"] += torch.is_inference_mode_enabled()
+        return encoder.embed(chunk)
+
+    encoder.model.zero_grad(set_to_none=True)
+    torch.manual_seed(1234)
+    grad_cache_step(counting_encode, query_chunks, document_chunks, loss_fn, PlainBackward(), inference_mode=inference_mode)
+    assert_gradients_close(lora_gradients(encoder), expected)
+    assert forwards == {"without grad": 6, "with grad": 1 + 6, "inference mode": 6 if inference_mode else 0}
 
 
 def _deepspeed_worker(rank: int, world_size: int, zero_stage: int) -> dict:

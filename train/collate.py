@@ -1,8 +1,8 @@
 """Training examples into contrastive batches, and the one chunker.
 
-A :class:`ContrastiveBatch` keeps prompts unpadded; each forward chunk is padded on its
-own (:func:`pad_in_chunks`), so a chunk of short texts never pays for the longest text
-of the batch. It also carries a stable key of every text, which the loss uses to mask
+A :class:`ContrastiveBatch` keeps prompts uncollated; each forward chunk is collated
+(packed or padded) on its own, from prompts grouped by length (:func:`chunk_prompts`),
+so a chunk of short texts never pays for the longest text of the batch. It also carries a stable key of every text, which the loss uses to mask
 candidates that repeat a row's own positive.
 """
 
@@ -14,11 +14,12 @@ from dataclasses import dataclass
 import torch
 
 from data.formats import TrainingExample
+from models.encoder import length_sorted_batches
 from models.tokenization import PromptIds
 from train.loss import text_key
 
 Tokenize = Callable[[Sequence[str], str, "Sequence[str | None]"], list[PromptIds]]
-Pad = Callable[[Sequence[PromptIds]], dict[str, torch.Tensor]]
+Collate = Callable[[Sequence[PromptIds]], dict[str, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -53,14 +54,25 @@ def collate_examples(
     )
 
 
-def pad_in_chunks(prompts: Sequence[PromptIds], chunk_size: int | None, pad: Pad) -> list[dict[str, torch.Tensor]]:
-    """Padded tensors per chunk of ``chunk_size`` prompts (one chunk when None); the last may be smaller.
+def chunk_prompts(
+    prompts: Sequence[PromptIds], chunk_size: int | None, chunk_tokens: int | None, collate: Collate, *, packed: bool
+) -> tuple[list[dict[str, torch.Tensor]], torch.Tensor]:
+    """Forward chunks of ``prompts``, grouped by length, and the prompt behind each embedding row.
 
-    Raises ValueError when there are no prompts or ``chunk_size`` < 1.
+    Prompts are taken longest first and cut into chunks of at most ``chunk_size`` prompts
+    and ``chunk_tokens`` tokens (real tokens when ``packed``, else padded; None: no cap),
+    so a padded chunk holds similar lengths and a packed one fills its token budget. The
+    embeddings of the chunks, concatenated, are the prompts in the order ``order``:
+    ``in_batch_order(rows, order)`` restores the batch's order.
+    Raises ValueError when there are no prompts.
     """
     if not prompts:
         raise ValueError("cannot chunk an empty list of prompts")
-    if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
-    size = chunk_size or len(prompts)
-    return [pad(prompts[start : start + size]) for start in range(0, len(prompts), size)]
+    chunks = length_sorted_batches([len(prompt) for prompt in prompts], chunk_size, chunk_tokens, packed=packed)
+    order = torch.tensor([index for chunk in chunks for index in chunk])
+    return [collate([prompts[index] for index in chunk]) for chunk in chunks], order
+
+
+def in_batch_order(rows: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """``rows`` given in chunk order (row i is prompt ``order[i]``), put back in the batch's order."""
+    return rows[torch.argsort(order.to(rows.device))]

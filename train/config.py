@@ -38,7 +38,8 @@ class ModelConfig(_Section):
     pooling: Pooling = Field("mean", description="Pool the mean of the pooled copy, or the last token (EOS appended).")
     max_length: int = Field(256, ge=16, description="Maximum prompt tokens (template + every text copy + EOS); the text is cut, never the template.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    precision: Literal["bf16", "fp32"] = Field("bf16", description="Compute dtype under autocast; weights and LoRA stay float32.")
+    precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: frozen base weights stored in bf16, matmuls under bf16 autocast, LoRA weights and optimizer state in float32. fp32: all float32.")
+    packing: bool = Field(True, description="Padding-free forwards: each forward packs its prompts into one row (models/packing.py), so no pad token is computed. false: pad.")
 
 
 class DatasetSpec(_Section):
@@ -63,7 +64,8 @@ class TrainConfig(_Section):
     max_steps: int = Field(100, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=2, description="Queries per contrastive batch, all processes together: the in-batch negative pool. The global batch (queries per optimizer step) is batch_size x gradient_accumulation_steps.")
     gradient_accumulation_steps: int = Field(1, ge=1, description="Contrastive batches per optimizer step (each its own loss).")
-    chunk_size: int | None = Field(None, ge=1, description="GradCache chunk (sequences per forward); None = the whole local batch in one forward.")
+    chunk_size: int | None = Field(None, ge=1, description="GradCache chunk: at most this many sequences per forward. With chunk_size and chunk_tokens both None, the whole local batch runs in one forward.")
+    chunk_tokens: int | None = Field(None, ge=16, description="GradCache chunk by token budget: at most this many tokens per forward (real tokens when packing, else padded), sequences grouped by length; a longer sequence goes alone. Combines with chunk_size.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")

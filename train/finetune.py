@@ -29,7 +29,7 @@ from echo_base import BadInputError, UsageError
 from evaluation.tasks import evaluate_task, resolve_tasks
 from models import EchoEncoder
 from models.export import MODEL_CARD_FILE, export_merged, export_spec, model_card
-from models.lora import apply_lora, trainable_state_dict
+from models.lora import apply_lora, store_frozen_linear_weights, trainable_state_dict
 from models.zero3 import release_prefetched_parameters
 from train.accelerator import fill_deepspeed_config, make_accelerator, model_build_context
 from train.checkpoint import Checkpointer
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
     encoder.model = model
     loss_fn = InfoNCELoss(temperature=config.train.temperature, symmetric=config.train.symmetric_loss)
     step = TrainingStep(accelerator, model, encoder, optimizer, scheduler, loss_fn, chunk_size=config.train.chunk_size,
-                        accumulation_steps=config.train.gradient_accumulation_steps,
+                        chunk_tokens=config.train.chunk_tokens, accumulation_steps=config.train.gradient_accumulation_steps,
                         max_grad_norm=config.train.max_grad_norm)
     batches = ContrastiveBatches(data, sampler, encoder.tokenize, config.data.num_negatives,
                                  accelerator.process_index, accelerator.num_processes)
@@ -133,14 +133,21 @@ def describe_run(config: RunConfig, accelerator: Accelerator, examples: list, sa
 
 
 def build_model(config: RunConfig, accelerator: Accelerator) -> tuple[EchoEncoder, PeftModel]:
-    """The encoder over the base model with LoRA adapters; weights stay float32, compute runs under autocast."""
+    """The encoder over the base model with LoRA adapters, computing in ``model.precision``.
+
+    Under bf16 the frozen linear weights are stored in bf16 (models.lora.store_frozen_linear_weights):
+    the same products as float32 weights under autocast, without re-casting them on every op.
+    """
+    bf16 = config.model.precision == "bf16"
     with model_build_context(accelerator):
         encoder = EchoEncoder.from_pretrained(config.model.name, mode=config.model.template_set,
                                               pooling=config.model.pooling, max_length=config.model.max_length,
                                               dtype="float32", template_file=config.model.template_file,
-                                              device=accelerator.device)
-        encoder.autocast_dtype = torch.bfloat16 if config.model.precision == "bf16" else None
+                                              device=accelerator.device, packing=config.model.packing)
+        encoder.autocast_dtype = torch.bfloat16 if bf16 else None
         model = apply_lora(encoder.model, config.lora, encoder.tokenizer.eos_token_id)
+        if bf16:
+            store_frozen_linear_weights(model, torch.bfloat16)
     if config.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -4,12 +4,17 @@ The loss couples every query with every document, so it cannot be split into ind
 micro-batches. GradCache (Gao et al. 2021, luyug/GradCache) splits the *encoder* work
 instead, in three phases:
 
-1. forward every chunk without grad, recording the RNG state before each chunk;
+1. forward every chunk without grad (under ``inference_mode``), recording the RNG state
+   before each chunk;
 2. compute the loss on the detached embeddings and backprop it to the embeddings only,
    giving d loss / d embedding for every row;
 3. replay each chunk's forward with grad under its recorded RNG state (same dropout
    masks) and backprop the surrogate `(embedding * cached_gradient).sum()`, whose
    parameter gradient equals the full-batch one by the chain rule.
+
+The last document chunk is the exception that saves a forward per step: phase 1 runs it
+with grad and keeps its graph, and phase 3 backpropagates it first, without a replay, so
+it is freed before any other chunk's graph exists.
 
 Memory is one chunk's activations plus the embeddings. Parameter gradients accumulate
 over chunks; the wrapper (DDP, DeepSpeed) must reduce them across ranks once, on the last
@@ -20,7 +25,7 @@ backward, the same gradients.
 """
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import torch
 from torch import Tensor
@@ -53,28 +58,31 @@ class _ChunkRandomState:
 
 
 def _embed_chunks_without_grad(
-    encode: Callable[[Mapping[str, Tensor]], Tensor], chunks: Sequence[Mapping[str, Tensor]]
-) -> tuple[Tensor, list[_ChunkRandomState]]:
-    """Phase 1: embeddings of all chunks, concatenated, and the RNG state each chunk started from."""
+    encode: Callable[[Mapping[str, Tensor]], Tensor],
+    chunks: Sequence[Mapping[str, Tensor]],
+    no_grad: Callable[[], AbstractContextManager],
+) -> tuple[list[Tensor], list[_ChunkRandomState]]:
+    """Phase 1: the embeddings of each chunk, and the RNG state each chunk started from."""
     states, embeddings = [], []
-    with torch.no_grad():
+    with no_grad():
         for chunk in chunks:
             states.append(_ChunkRandomState())
             embeddings.append(encode(chunk))
-    return torch.cat(embeddings), states
+    return embeddings, states
 
 
 def _loss_and_embedding_gradients(
-    loss_fn: Callable[[Tensor, Tensor], Tensor], query_embeddings: Tensor, document_embeddings: Tensor
+    loss_fn: Callable[[Tensor, Tensor], Tensor], query_embeddings: Sequence[Tensor], document_embeddings: Sequence[Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Phase 2: the loss, and its gradient w.r.t. every query and document embedding row.
 
-    The embeddings become float32 leaves: the softmax over the whole global batch at a
-    low temperature is sensitive to bf16 rounding, and the leaves cut the graph so this
-    backward touches no encoder parameter.
+    The embeddings (per chunk) become float32 leaves: the softmax over the whole global
+    batch at a low temperature is sensitive to bf16 rounding, and the leaves cut the graph
+    so this backward touches no encoder parameter. (Concatenated outside inference mode,
+    inference tensors become ordinary ones.)
     """
-    queries = query_embeddings.detach().float().requires_grad_()
-    documents = document_embeddings.detach().float().requires_grad_()
+    queries = torch.cat([chunk.detach() for chunk in query_embeddings]).float().requires_grad_()
+    documents = torch.cat([chunk.detach() for chunk in document_embeddings]).float().requires_grad_()
     loss = loss_fn(queries, documents)
     loss.backward()
     return loss.detach(), queries.grad, documents.grad
@@ -95,11 +103,14 @@ def _replay_chunks_with_cached_gradients(
         with backward.sync_context(sync):
             with state.replay():
                 embeddings = encode(chunk)
-            cached = embedding_gradients[start : start + embeddings.shape[0]]
+            _backward_cached(embeddings, embedding_gradients[start : start + embeddings.shape[0]], backward, sync)
             start += embeddings.shape[0]
-            # d surrogate / d embeddings == cached, so the parameter gradient is the full-batch one.
-            surrogate = (embeddings.float() * cached).sum()
-            backward.backward(surrogate, sync)
+
+
+def _backward_cached(embeddings: Tensor, cached_gradients: Tensor, backward: Backward, sync: bool) -> None:
+    # d surrogate / d embeddings == cached_gradients, so the parameter gradient is the full-batch one.
+    surrogate = (embeddings.float() * cached_gradients).sum()
+    backward.backward(surrogate, sync)
 
 
 def grad_cache_step(
@@ -109,6 +120,8 @@ def grad_cache_step(
     loss_fn: Callable[[Tensor, Tensor], Tensor],
     backward: Backward,
     sync: bool = True,
+    *,
+    inference_mode: bool = True,
 ) -> Tensor:
     """Accumulate into the parameter gradients those of `loss_fn` over all chunks; return the detached loss.
 
@@ -119,18 +132,29 @@ def grad_cache_step(
     backward: the `Backward` of the training wrapper (`train.backward`: `PlainBackward`, `make_backward`).
     sync: whether the last chunk's backward synchronises gradients across ranks; pass False
         for all but the last micro-batch of a gradient-accumulation cycle.
+    inference_mode: run phase 1 under ``torch.inference_mode`` (else ``no_grad``: under
+        ZeRO-3 the weights gathered there would become inference tensors, which a later
+        forward with grad cannot save for backward).
     Does not step or zero the optimizer.
     """
-    query_embeddings, query_states = _embed_chunks_without_grad(encode, query_chunks)
-    document_embeddings, document_states = _embed_chunks_without_grad(encode, document_chunks)
+    no_grad = torch.inference_mode if inference_mode else torch.no_grad
+    *replayed_documents, kept_document = document_chunks
+    query_embeddings, query_states = _embed_chunks_without_grad(encode, query_chunks, no_grad)
+    document_embeddings, document_states = _embed_chunks_without_grad(encode, replayed_documents, no_grad)
+    # Its backward is never the last, so it never syncs (DDP decides at forward time).
+    with backward.sync_context(False):
+        kept_embeddings = encode(kept_document)
     loss, query_gradients, document_gradients = _loss_and_embedding_gradients(
-        loss_fn, query_embeddings, document_embeddings
+        loss_fn, query_embeddings, [*document_embeddings, kept_embeddings]
+    )
+    kept_rows = kept_embeddings.shape[0]
+    with backward.sync_context(False):
+        _backward_cached(kept_embeddings, document_gradients[-kept_rows:], backward, sync=False)
+    _replay_chunks_with_cached_gradients(
+        encode, query_chunks, query_states, query_gradients, backward, sync_on_last_chunk=sync and not replayed_documents
     )
     _replay_chunks_with_cached_gradients(
-        encode, query_chunks, query_states, query_gradients, backward, sync_on_last_chunk=False
-    )
-    _replay_chunks_with_cached_gradients(
-        encode, document_chunks, document_states, document_gradients, backward, sync_on_last_chunk=sync
+        encode, replayed_documents, document_states, document_gradients[:-kept_rows], backward, sync_on_last_chunk=sync
     )
     return loss
 

@@ -1,13 +1,14 @@
 """One optimizer step of contrastive training, with every strategy decided once.
 
     step = TrainingStep(accelerator, model, encoder, optimizer, scheduler, loss_fn,
-                        chunk_size=16, accumulation_steps=1, max_grad_norm=1.0)
+                        chunk_size=16, chunk_tokens=None, accumulation_steps=1, max_grad_norm=1.0)
     result = step(batches)  # draws one ContrastiveBatch per accumulation step from a ContrastiveBatches
 
 At construction the step picks how gradients reach the weights (:mod:`train.backward`:
 plain, DDP or DeepSpeed) and how each contrastive batch is embedded and backpropagated:
-in one forward (``chunk_size=None``) or with GradCache in chunks of ``chunk_size``
-sequences (:mod:`train.grad_cache`). A call then draws ``accumulation_steps``
+in one forward (no chunk cap) or with GradCache in chunks of at most ``chunk_size``
+sequences and ``chunk_tokens`` tokens, grouped by length (:mod:`train.grad_cache`). The
+encoder's ``packing`` decides whether each forward is packed or padded. A call then draws ``accumulation_steps``
 micro-batches, scales each loss by their number, synchronises gradients on the last
 backward only, and updates once. Nothing is re-decided inside the loop.
 """
@@ -25,7 +26,8 @@ from torch import Tensor
 
 from models import EchoEncoder
 from train.backward import make_backward
-from train.collate import ContrastiveBatch, pad_in_chunks
+from models.zero3 import is_zero3_partitioned
+from train.collate import ContrastiveBatch, chunk_prompts, in_batch_order
 from train.grad_cache import grad_cache_step, single_forward_step
 from train.loss import InfoNCELoss
 from train.training_data import ContrastiveBatches
@@ -56,6 +58,7 @@ class TrainingStep:
         loss_fn: InfoNCELoss,
         *,
         chunk_size: int | None,
+        chunk_tokens: int | None,
         accumulation_steps: int,
         max_grad_norm: float | None,
     ) -> None:
@@ -65,10 +68,13 @@ class TrainingStep:
         self.scheduler = scheduler
         self.loss_fn = loss_fn
         self.chunk_size = chunk_size
+        self.chunk_tokens = chunk_tokens
         self.accumulation_steps = accumulation_steps
         self.max_grad_norm = max_grad_norm
         self.backward = make_backward(accelerator, model)
-        self._forward_backward = self._single_forward if chunk_size is None else self._grad_cache
+        self.first_pass_inference_mode = not is_zero3_partitioned(model)
+        grad_cache = chunk_size is not None or chunk_tokens is not None
+        self._forward_backward = self._grad_cache if grad_cache else self._single_forward
 
     def __call__(self, batches: ContrastiveBatches) -> StepResult:
         started = time.perf_counter()
@@ -102,6 +108,15 @@ class TrainingStep:
         return single_forward_step(self.encoder.embed, joint, len(batch.queries), loss_fn, self.backward, sync)
 
     def _grad_cache(self, batch: ContrastiveBatch, loss_fn: Callable[[Tensor, Tensor], Tensor], sync: bool) -> Tensor:
-        query_chunks = pad_in_chunks(batch.queries, self.chunk_size, self.encoder.collate)
-        document_chunks = pad_in_chunks(batch.documents, self.chunk_size, self.encoder.collate)
-        return grad_cache_step(self.encoder.embed, query_chunks, document_chunks, loss_fn, self.backward, sync)
+        query_chunks, query_order = self._chunks(batch.queries)
+        document_chunks, document_order = self._chunks(batch.documents)
+
+        def loss_in_chunk_order(queries: Tensor, documents: Tensor) -> Tensor:
+            return loss_fn(in_batch_order(queries, query_order), in_batch_order(documents, document_order))
+
+        return grad_cache_step(self.encoder.embed, query_chunks, document_chunks, loss_in_chunk_order, self.backward,
+                               sync, inference_mode=self.first_pass_inference_mode)
+
+    def _chunks(self, prompts: list) -> tuple[list[dict[str, Tensor]], Tensor]:
+        return chunk_prompts(prompts, self.chunk_size, self.chunk_tokens, self.encoder.collate,
+                             packed=self.encoder.packing)
