@@ -8,5 +8,6 @@
 - :mod:`evaluation.report` — Markdown table, bar chart and JSON of result records;
 - :mod:`evaluation.mteb_adapter` — any mteb task or benchmark (needs the ``mteb`` extra);
 - :mod:`evaluation.cli` — what the command lines share: comma-separated lists, renamed flags;
-- :mod:`evaluation.benchmarks` — encoding throughput per template set.
+- :mod:`evaluation.bench` — this project against sentence-transformers: training, memory, encoding
+  (``python -m evaluation.bench``); its pieces live in :mod:`evaluation.benchmarks`.
 """

@@ -101,7 +101,7 @@ def plot_bar_chart(records: list[Record], path: Path, title: str = "", label_nam
     panels[0].invert_yaxis()  # the first label on top, as in the table (the axis is shared)
     panels[0].set_ylabel(label_name)
     figure.suptitle(title)
-    _save_png(figure, path)
+    save_png(figure, path)
     return figure
 
 
@@ -135,11 +135,12 @@ def plot_training(records: list[dict[str, Any]], path: Path, title: str = "") ->
         if keys == dev_metrics:  # the dev metrics share one panel: the legend names them
             axes.legend(fontsize=7)
     figure.suptitle(title)
-    _save_png(figure, path)
+    save_png(figure, path)
     return figure
 
 
-def _save_png(figure: Figure, path: Path) -> None:
+def save_png(figure: Figure, path: Path) -> None:
+    """Write ``figure`` to ``path`` as a PNG, atomically (every chart of the project goes through here)."""
     with atomic_file(path) as staging:
         figure.savefig(staging, format="png", dpi=120)  # the staging name has no .png to infer the format from
 

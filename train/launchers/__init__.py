@@ -1,6 +1,7 @@
-"""What launches training runs: sweeps and the training benchmark.
+"""What launches training runs: sweeps, and training steps under the profiler (for the benchmark).
 
-These modules sit above ``train`` and ``evaluation``: each starts ``train/finetune.py``
-as its own process and reads back what the run wrote. Nothing in the project imports
-them.
+These modules sit above ``train`` and ``evaluation``: each runs ``train/finetune.py``
+(sweeps as its own process, reading back what the run wrote; ``profile_steps`` in its own
+process under torch.profiler) and is itself started as a process. Nothing in the project
+imports them.
 """
