@@ -21,7 +21,9 @@ training examples/s and real-token/s at batch 16 (classical templates vs MNRL; e
 classical) and 256 (GradCache vs CachedMNRL, same chunk), MFU against this machine's
 bf16 and fp32 matmul peaks (:mod:`evaluation.benchmarks.flops`), peak RSS with GradCache
 at batch 16, 256 and 1024, and encoding tokens/s (:mod:`evaluation.benchmarks.encoding`).
-Writes the JSON, a Markdown report with every figure and the targets, and one PNG chart.
+Writes the JSON, a Markdown report with every figure and the targets, and one PNG chart; on
+the way, each finished setting goes to ``OUT.partial.json`` (removed once the JSON is
+written), so a run stopped after an hour keeps what it measured.
 
 ``--quick`` runs the same code paths tiny (batch 4 and 8, two steps, a few texts): it only
 proves the benchmark works. ``--profile`` adds torch.profiler's top ops over two training
@@ -251,10 +253,15 @@ def bench_config(rows_path: Path) -> dict[str, Any]:
 
 
 class Bench:
-    """The measured settings of one benchmark run, each run once, with the workload they share."""
+    """The measured settings of one benchmark run, each run once, with the workload they share.
 
-    def __init__(self, work: Path, sizes: Sizes) -> None:
-        self.work, self.sizes = work, sizes
+    Every finished setting is also written at once to ``partial_path`` (when given), so a
+    run stopped on the way (an hour at full size on a shared CPU) keeps what it measured.
+    """
+
+    def __init__(self, work: Path, sizes: Sizes, partial_path: Path | None = None) -> None:
+        self.work, self.sizes, self.partial_path = work, sizes, partial_path
+        self._finished: dict[str, dict] = {}
         self.model_path = resolve_model(MODEL)
         tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.rows = bench_rows(tokenizer, sizes.rows)
@@ -320,7 +327,7 @@ class Bench:
             result.update(self._mfu(self.flops[run.template_set], result["tokens_per_s"], gradcache))
             print(f"{run.describe()}: {_rate_line(result)}", flush=True)
         self._project[run] = result
-        return result
+        return self._keep(run.describe(), result)
 
     def st(self, run: STRun) -> dict[str, Any]:
         """Train ``run`` with sentence-transformers in its own process (once per distinct run)."""
@@ -346,7 +353,7 @@ class Bench:
                                     run.mini_batch_size is not None))
             print(f"{run.describe()}: {_rate_line(result)}", flush=True)
         self._st[run] = result
-        return result
+        return self._keep(run.describe(), result)
 
     def encoding(self) -> dict[str, Any]:
         """Encoding tokens/s (:mod:`evaluation.benchmarks.encoding`) in its own process."""
@@ -359,7 +366,7 @@ class Bench:
                    "--short-cap", str(self.text_tokens)]
         process = run_process(command, log_path)
         if process["returncode"]:
-            return {**process, **_failure(command, log_path, process)}
+            return self._keep("encoding", {**process, **_failure(command, log_path, process)})
         result = {**json.loads(log_path.read_text().strip().splitlines()[-1]), "wall_s": process["wall_s"]}
         for group in ("short", "long"):
             for name in (ECHO, CLASSICAL):
@@ -370,7 +377,7 @@ class Bench:
             print(f"encode {group}, text cap {versus['text_cap']}: project classical "
                   f"{versus['project_classical']['texts_per_s']:.2f} texts/s vs sentence-transformers "
                   f"{versus['sentence_transformers']['texts_per_s']:.2f} texts/s", flush=True)
-        return result
+        return self._keep("encoding", result)
 
     def profile(self, run: ProjectRun) -> dict[str, Any]:
         """torch.profiler's top ops by self CPU time over two steps of ``run`` (``train/launchers/profile_steps.py``)."""
@@ -379,12 +386,19 @@ class Bench:
                    "--config", str(self.config_path), *run.overrides(self.max_length[run.template_set], output_dir)]
         process = run_process(command, self.work / "profile.log")
         if process["returncode"]:
-            return {**process, **_failure(command, self.work / "profile.log", process)}
+            return self._keep("profile", {**process, **_failure(command, self.work / "profile.log", process)})
         result = {"run": run.describe(), **json.loads(out.read_text())}
         print(f"profile of {run.describe()}, top ops by self CPU time:", flush=True)
         for op in result["ops"][:10]:
             print(f"  {op['self_cpu_share']:6.1%}  {op['self_cpu_ms']:9.0f} ms  {op['calls']:6d} calls  {op['name']}",
                   flush=True)
+        return self._keep("profile", result)
+
+    def _keep(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        self._finished[name] = result
+        if self.partial_path is not None:
+            with atomic_file(self.partial_path) as staging:
+                staging.write_text(json.dumps(self._finished, indent=2) + "\n", encoding="utf-8")
         return result
 
 
@@ -403,9 +417,11 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return numerator / denominator if numerator is not None and denominator else None
 
 
-def measure(sizes: Sizes, quick: bool, profile: bool, work: Path) -> dict[str, Any]:
-    """Every setting, in the order the figures print; returns the raw results and the summary."""
-    bench = Bench(work, sizes)
+def measure(sizes: Sizes, quick: bool, profile: bool, work: Path, partial_path: Path | None = None) -> dict[str, Any]:
+    """Every setting, in the order the figures print; returns the raw results and the summary.
+
+    Each finished setting is written to ``partial_path`` on the way (:class:`Bench`)."""
+    bench = Bench(work, sizes, partial_path)
     print(f"model {MODEL}: N = {bench.decoder['matmul_params'] / 1e6:.1f}M matmul parameters, "
           f"N_lora = {bench.decoder['lora_params'] / 1e6:.2f}M; "
           f"text cap {bench.text_tokens} tokens -> model.max_length {bench.max_length}; {sizes.rows} rows; "
@@ -688,11 +704,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is None:
             parser.error("--json is required (or --plan)")
         started = time.perf_counter()
+        partial = args.json.with_suffix(".partial.json")  # the settings finished so far; gone once the JSON is written
+        partial.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="echo-bench-") as work:
-            results = measure(QUICK if args.quick else FULL, args.quick, args.profile, Path(work))
+            results = measure(QUICK if args.quick else FULL, args.quick, args.profile, Path(work), partial)
         results["wall_s"] = time.perf_counter() - started
         report = args.report or args.json.with_suffix(".md")
         chart = write_outputs(results, args.json, report)
+        partial.unlink(missing_ok=True)
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
