@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaModel
 
 from models.encoder import EchoEncoder
-from models.packing import PACKED_SDPA, pack_prompts, use_packed_attention
+from models.packing import PACKED_SDPA, length_buckets, pack_prompts, packed_sdpa_attention, use_packed_attention
 from models.templates import get_template_set
 from models.tokenization import PromptIds
 from tests.test_grad_cache import (INSTRUCTION, SENTENCES, assert_gradients_close, contrastive_batch, lora_gradients,
@@ -83,6 +83,42 @@ def test_a_padded_batch_runs_under_packed_attention_exactly_as_under_sdpa():
     use_packed_attention(model)
     assert model.config._attn_implementation == PACKED_SDPA
     torch.testing.assert_close(sdpa.embed(sdpa.collate(prompts)), expected, atol=0, rtol=0)
+
+
+def test_length_buckets_group_longest_first_and_never_pad_a_prompt_past_twice_its_length():
+    # Hand-worked: sorted 9, 8, 5, 4, 4, 2, 1; 4 < 0.5 * 9 opens a bucket, 1 < 0.5 * 4 another.
+    assert length_buckets([4, 9, 1, 5, 8, 2, 4]) == [[1, 4, 3], [0, 6, 5], [2]]
+
+
+@pytest.mark.parametrize("heads, kv_heads", [(4, 4), (6, 2)])
+def test_packed_sdpa_equals_causal_attention_run_prompt_by_prompt(heads, kv_heads):
+    """The bucketed blocks give each prompt exactly its own causal attention, forward and backward."""
+    torch.manual_seed(0)
+    lengths = [7, 1, 12, 3, 5, 11, 2]  # three buckets, a one-token prompt
+    cu_seq_lens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    tokens, dim = sum(lengths), 8
+    leaves = [torch.randn(1, count, tokens, dim, dtype=torch.float64, requires_grad=True)
+              for count in (heads, kv_heads, kv_heads)]
+    weights = torch.randn(1, tokens, heads, dim, dtype=torch.float64)
+
+    def reference(query, key, value):
+        repeat = heads // kv_heads
+        rows = []
+        for start, end in zip(cu_seq_lens[:-1].tolist(), cu_seq_lens[1:].tolist()):
+            q = query[0, :, start:end]
+            k, v = (x[0, :, start:end].repeat_interleave(repeat, dim=0) for x in (key, value))
+            scores = q @ k.transpose(-1, -2) / dim**0.5
+            scores = scores.masked_fill(torch.ones(end - start, end - start).triu(1).bool(), float("-inf"))
+            rows.append((scores.softmax(-1) @ v).transpose(0, 1))  # [tokens, heads, dim]
+        return torch.cat(rows).unsqueeze(0)
+
+    got, _ = packed_sdpa_attention(None, *leaves, None, cu_seq_lens_q=cu_seq_lens)
+    got_grads = torch.autograd.grad((got * weights).sum(), leaves)
+    want = reference(*leaves)
+    want_grads = torch.autograd.grad((want * weights).sum(), leaves)
+    torch.testing.assert_close(got, want)
+    for got_grad, want_grad in zip(got_grads, want_grads):
+        torch.testing.assert_close(got_grad, want_grad)
 
 
 def test_packing_refuses_an_attention_that_cannot_keep_prompts_apart():
