@@ -90,12 +90,11 @@ def roff_sections(source: str, wanted: Collection[str] | None = None) -> dict[st
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
     left = set(wanted) if wanted is not None else None
-    skipping_until: str | None = None  # ".." ends a macro definition, ".TE" a table
+    in_definition = False  # a macro definition or ignored block, up to its ".." line
     in_table_format = False
     for line in source.splitlines():
-        if skipping_until is not None:
-            if line.strip() == skipping_until:
-                skipping_until = None
+        if in_definition:
+            in_definition = line.strip() != ".."
             continue
         if in_table_format:
             in_table_format = not line.rstrip().endswith(".")  # the format block ends with a period
@@ -103,7 +102,7 @@ def roff_sections(source: str, wanted: Collection[str] | None = None) -> dict[st
         is_request = line.startswith((".", "'"))
         name, _, rest = line[1:].strip().partition(" ") if is_request else ("", "", "")
         if name in ("de", "de1", "ig"):
-            skipping_until = ".."
+            in_definition = True
             continue
         if name == "TS":
             in_table_format = True
