@@ -9,7 +9,9 @@ result, and both return the cached result unless it is missing or ``force=True``
 
 No dev or test text appears in any training file: every source splits by its natural
 unit, and texts that recur across units (a repeated verse, a shared definition) are
-removed from dev and test against all train-split texts.
+removed from dev and test against all train-split texts. Sources that evaluation tasks use
+whole (:data:`HELD_OUT_SOURCES`: movie reviews, the Brown corpus, SpamAssassin, the Perl
+FAQ) feed no training dataset.
 
 Run ``python -m data.prepare [--force] [--only training|eval] [--mix NAME]``.
 """
@@ -28,7 +30,19 @@ from typing import Any
 
 from echo_base import BadInputError, atomic_folder, cache_dir
 from data.formats import TrainingExample, write_jsonl, write_task
-from data.sources import bible, brown, gcide, movie_reviews, python_docs, wordnet
+from data.sources import (
+    bible,
+    brown,
+    cheat,
+    debian,
+    faqs,
+    gcide,
+    manpages,
+    movie_reviews,
+    python_docs,
+    spam_assassin,
+    wordnet,
+)
 from data.sources.split import Split
 from data.sources.text import normalized
 
@@ -75,10 +89,41 @@ TRAINING_SOURCES = [
         python_docs.SOURCE,
         python_docs.LICENSE,
     ),
+    TrainingSource(
+        "debian-package-description",
+        "Given the one-line summary of a software package, retrieve the full description of the package",
+        debian.summary_to_description_examples,
+        debian.SOURCE,
+        debian.LICENSE,
+    ),
+    TrainingSource(
+        "manpage-name-description",
+        "Given the name line of a Unix manual page, retrieve the description of what it documents",
+        manpages.name_to_description_examples,
+        manpages.SOURCE,
+        manpages.LICENSE,
+    ),
+    TrainingSource(
+        "python-faq-answer",
+        "Given a question about Python, retrieve the answer from the Python FAQ",
+        faqs.python_faq_examples,
+        faqs.PYTHON_SOURCE,
+        faqs.PYTHON_LICENSE,
+    ),
+    TrainingSource(
+        "cheat-comment-command",
+        "Given a task to do with a command-line tool, retrieve the shell command that does it",
+        cheat.comment_to_command_examples,
+        cheat.SOURCE,
+        cheat.LICENSE,
+    ),
 ]
 SOURCE_BY_NAME = {source.name: source for source in TRAINING_SOURCES}
+# Sources that evaluation tasks use whole: no training dataset may draw on them.
+HELD_OUT_SOURCES = (movie_reviews.SOURCE, brown.SOURCE, spam_assassin.SOURCE, faqs.PERL_SOURCE)
 
-# Mix name -> rows kept per training dataset (a seeded sample; None keeps all).
+# Mix name -> rows kept per training dataset (a seeded sample; None keeps all). A
+# dataset's share of the contrastive batches is its share of the rows.
 MIXES: dict[str, dict[str, int | None]] = {
     "default": {
         "wordnet-usage-definition": 8000,
@@ -86,11 +131,27 @@ MIXES: dict[str, dict[str, int | None]] = {
         "bible-kjv-web": 8000,
         "python-docstring-code": 8000,
     },
+    # Eight datasets over five task families (title -> body, question -> answer, text ->
+    # command, definition and paraphrase, code). The large ones are capped so the small
+    # ones (man pages, cheat sheets, the Python FAQ: all their rows) still get batches.
+    "broad": {
+        "debian-package-description": 4000,
+        "manpage-name-description": None,
+        "python-faq-answer": None,
+        "cheat-comment-command": None,
+        "wordnet-usage-definition": 3000,
+        "gcide-wordnet-definition": 3000,
+        "python-docstring-code": 3000,
+        "bible-kjv-web": 2000,
+    },
 }
 DEV_QUERIES_PER_DATASET = 50
 DEV_CORPUS_PER_DATASET = 500
 RETRIEVAL_QUERIES = 300
 RETRIEVAL_CORPUS = 3000
+# Stored in the evaluation tasks' manifest: a cache built by another version of the task
+# list is rebuilt. Raise it whenever a task is added or changes.
+EVAL_TASKS_VERSION = 2
 STS_PAIRS_PER_BIN = 160  # 5 score bins of Wu-Palmer similarity
 CLUSTERING_ITEMS_PER_LABEL = 80
 
@@ -116,10 +177,12 @@ def prepare_eval_tasks(force: bool = False) -> dict[str, Path]:
     """Task name -> task folder for every evaluation task (built if missing or ``force``)."""
     root = cache_dir("eval-tasks")
     target = root / "tasks"
-    if not (target / "manifest.json").is_file() or force:
+    manifest_path = target / "manifest.json"
+    stale = not manifest_path.is_file() or json.loads(manifest_path.read_text(encoding="utf-8")).get("version") != EVAL_TASKS_VERSION
+    if stale or force:
         with atomic_folder(target) as folder:
             _write_eval_tasks(folder)
-    manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     return {task: target / task for task in manifest["tasks"]}
 
 
@@ -241,6 +304,11 @@ def _retrieval_task_from_examples(
     return retrieval_files(query_examples, distractors, RETRIEVAL_CORPUS)
 
 
+def _all_queries_retrieval_task(examples: list[TrainingExample]) -> dict[str, list[dict[str, Any]]]:
+    """Every example a query; the corpus is their positives and negatives (a small source used whole)."""
+    return retrieval_files(examples, [], corpus_size=None)
+
+
 def wordnet_sts_pairs(excluded: set[str]) -> list[dict[str, Any]]:
     """Definition pairs of test-split noun synsets scored by Wu-Palmer similarity.
 
@@ -320,6 +388,8 @@ def _write_eval_tasks(folder: Path) -> None:
     usage = SOURCE_BY_NAME["wordnet-usage-definition"]
     code = SOURCE_BY_NAME["python-docstring-code"]
     bible_instruction = "Given a Bible verse, retrieve the same verse in another English translation"
+    subject_instruction = "Given the subject line of an e-mail, retrieve the body of the e-mail"
+    perl_instruction = "Given a question about Perl, retrieve the answer from the Perl FAQ"
     tasks: list[tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]] = [
         (
             _task_meta("wordnet-gloss-retrieval", "retrieval", usage.instruction, False, wordnet.SOURCE, wordnet.LICENSE,
@@ -341,8 +411,23 @@ def _write_eval_tasks(folder: Path) -> None:
         (
             _task_meta("python-code-retrieval", "retrieval", code.instruction, False, python_docs.SOURCE, python_docs.LICENSE,
                        "test-split standard-library modules: docstring summary -> function code"),
-            # The test modules hold ~500 documented functions: fewer queries leave more distractors.
-            _retrieval_task_from_examples(_without_texts(code.build("test", code.instruction), excluded), "python", 150),
+            # The test modules hold ~480 documented functions: the other ~180 are the distractors.
+            _retrieval_task_from_examples(_without_texts(code.build("test", code.instruction), excluded), "python"),
+        ),
+        (
+            _task_meta("spam-assassin-subject-retrieval", "retrieval", subject_instruction, False,
+                       spam_assassin.SOURCE, spam_assassin.LICENSE,
+                       "e-mail subject -> its body (ham and spam, one message per thread); corpus holds messages "
+                       "of the same group and others; never used for training"),
+            _retrieval_task_from_examples(
+                _without_texts(spam_assassin.subject_to_body_examples(subject_instruction), excluded), "spam"
+            ),
+        ),
+        (
+            _task_meta("perl-faq-retrieval", "retrieval", perl_instruction, False, faqs.PERL_SOURCE, faqs.PERL_LICENSE,
+                       "every Perl FAQ question (perlfaq1-9, perlunifaq) -> its answer; corpus holds all the "
+                       "answers; never used for training (training has the Python FAQ)"),
+            _all_queries_retrieval_task(_without_texts(faqs.perl_faq_examples(perl_instruction), excluded)),
         ),
         (
             _task_meta("wordnet-sts", "sts", "Retrieve semantically similar text", True, wordnet.SOURCE, wordnet.LICENSE,
@@ -373,7 +458,7 @@ def _write_eval_tasks(folder: Path) -> None:
     for meta, files in tasks:
         for file, count in write_task(folder / meta["name"], meta, files).items():
             counts[f"{meta['name']}/{file}"] = count
-    _write_manifest(folder, {"tasks": [meta["name"] for meta, _ in tasks], "counts": counts})
+    _write_manifest(folder, {"version": EVAL_TASKS_VERSION, "tasks": [meta["name"] for meta, _ in tasks], "counts": counts})
     _write_sources_md(
         folder / "SOURCES.md",
         "Evaluation tasks",
@@ -412,14 +497,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", choices=["training", "eval"], help="build only one of the two")
     parser.add_argument("--mix", default="default", choices=sorted(MIXES), help="training mix name")
     args = parser.parse_args(argv)
-    if args.only in (None, "training"):
-        started = time.perf_counter()
-        folder = prepare_training_mix(args.mix, force=args.force)
-        _print_built(f"training mix {args.mix!r}", folder, time.perf_counter() - started)
-    if args.only in (None, "eval"):
-        started = time.perf_counter()
-        tasks = prepare_eval_tasks(force=args.force)
-        _print_built(f"{len(tasks)} evaluation tasks", next(iter(tasks.values())).parent, time.perf_counter() - started)
+    try:
+        if args.only in (None, "training"):
+            started = time.perf_counter()
+            folder = prepare_training_mix(args.mix, force=args.force)
+            _print_built(f"training mix {args.mix!r}", folder, time.perf_counter() - started)
+        if args.only in (None, "eval"):
+            started = time.perf_counter()
+            tasks = prepare_eval_tasks(force=args.force)
+            _print_built(f"{len(tasks)} evaluation tasks", next(iter(tasks.values())).parent, time.perf_counter() - started)
+    except BadInputError as error:  # a source this system cannot provide (no apt-get): one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

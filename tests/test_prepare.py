@@ -97,17 +97,34 @@ def test_unknown_mix_is_named() -> None:
         prepare.prepare_training_mix("nope")
 
 
+def test_eval_tasks_built_by_another_task_list_version_are_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECHO_CACHE", str(tmp_path))
+    builds = []
+
+    def write_tasks(folder: Path, version: int) -> None:
+        builds.append(version)
+        (folder / "only-task").mkdir()
+        (folder / "manifest.json").write_text(json.dumps({"version": version, "tasks": ["only-task"]}))
+
+    monkeypatch.setattr(prepare, "_write_eval_tasks", lambda folder: write_tasks(folder, 1))
+    prepare.prepare_eval_tasks()  # an older version's cache
+    monkeypatch.setattr(prepare, "_write_eval_tasks", lambda folder: write_tasks(folder, prepare.EVAL_TASKS_VERSION))
+    assert prepare.prepare_eval_tasks() == {"only-task": tmp_path / "eval-tasks" / "tasks" / "only-task"}
+    prepare.prepare_eval_tasks()  # current: reused
+    assert builds == [1, prepare.EVAL_TASKS_VERSION]
+
+
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
-    """Build both outputs into a fresh cache root, reusing the real download cache."""
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Build every mix and the evaluation tasks into a fresh cache root, reusing the real download cache."""
     downloads = cache_dir("downloads")
     root = tmp_path_factory.mktemp("echo-cache")
     (root / "downloads").symlink_to(downloads, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ECHO_CACHE", str(root))
-        mix = prepare.prepare_training_mix("default")
+        mixes = {name: prepare.prepare_training_mix(name) for name in prepare.MIXES}
         tasks = prepare.prepare_eval_tasks()
-        yield mix, tasks
+        yield mixes, tasks
 
 
 def _texts_of_task(folder: Path) -> set[str]:
@@ -121,14 +138,17 @@ def _texts_of_task(folder: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_training_files_read_back_with_one_hard_negative(prepared: tuple[Path, dict[str, Path]]) -> None:
-    mix, _ = prepared
+@pytest.mark.parametrize("mix_name", sorted(prepare.MIXES))
+def test_training_files_read_back_with_one_hard_negative(prepared: tuple[dict[str, Path], dict[str, Path]], mix_name: str) -> None:
+    mix = prepared[0][mix_name]
     manifest = json.loads((mix / "manifest.json").read_text())
     train_files = sorted((mix / "train").glob("*.jsonl"))
-    assert [p.stem for p in train_files] == sorted(prepare.MIXES["default"])
+    assert [p.stem for p in train_files] == sorted(prepare.MIXES[mix_name])
     for path in train_files:
         examples = read_examples(path, "echo", dataset="unused", num_negatives=1)
-        assert len(examples) == manifest["counts"][f"train/{path.name}"] >= 2000
+        cap = prepare.MIXES[mix_name][path.stem]
+        assert len(examples) == manifest["counts"][f"train/{path.name}"]
+        assert 100 <= len(examples) <= (cap or len(examples))
         assert {e.dataset for e in examples} == {path.stem}
         assert {e.instruction for e in examples} == {prepare.SOURCE_BY_NAME[path.stem].instruction}
         assert all(e.positive != e.negatives[0] and e.query != e.positive for e in examples)
@@ -137,8 +157,21 @@ def test_training_files_read_back_with_one_hard_negative(prepared: tuple[Path, d
 
 
 @pytest.mark.slow
-def test_no_dev_or_test_text_appears_in_training(prepared: tuple[Path, dict[str, Path]]) -> None:
-    mix, tasks = prepared
+def test_mix_records_source_and_licence_of_each_dataset(prepared: tuple[dict[str, Path], dict[str, Path]]) -> None:
+    mix = prepared[0]["broad"]
+    manifest = json.loads((mix / "manifest.json").read_text())
+    sources_md = (mix / "SOURCES.md").read_text()
+    assert set(manifest["sources"]) == set(prepare.MIXES["broad"])
+    for dataset, recorded in manifest["sources"].items():
+        source = prepare.SOURCE_BY_NAME[dataset]
+        assert recorded == {"source": source.source, "license": source.license}
+        assert f"## {dataset}\n- source: {source.source}\n- licence: {source.license}\n- instruction: {source.instruction}" in sources_md
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mix_name", sorted(prepare.MIXES))
+def test_no_dev_or_test_text_appears_in_training(prepared: tuple[dict[str, Path], dict[str, Path]], mix_name: str) -> None:
+    mix, tasks = prepared[0][mix_name], prepared[1]
     train_texts = {
         normalized(text)
         for path in (mix / "train").glob("*.jsonl")
@@ -151,7 +184,7 @@ def test_no_dev_or_test_text_appears_in_training(prepared: tuple[Path, dict[str,
 
 
 @pytest.mark.slow
-def test_eval_tasks_follow_the_folder_format(prepared: tuple[Path, dict[str, Path]]) -> None:
+def test_eval_tasks_follow_the_folder_format(prepared: tuple[dict[str, Path], dict[str, Path]]) -> None:
     _, tasks = prepared
     types = Counter()
     for name, folder in tasks.items():
@@ -162,7 +195,7 @@ def test_eval_tasks_follow_the_folder_format(prepared: tuple[Path, dict[str, Pat
         if meta["type"] == "retrieval":
             query_ids = {q["id"] for q in rows["queries.jsonl"]}
             doc_ids = {d["id"] for d in rows["corpus.jsonl"]}
-            assert 150 <= len(query_ids) <= 500 and len(doc_ids) >= 450
+            assert 300 <= len(query_ids) <= 500 and len(doc_ids) >= 300
             assert len({d["text"] for d in rows["corpus.jsonl"]}) == len(doc_ids)  # no duplicate documents
             assert {r["query_id"] for r in rows["qrels.jsonl"]} == query_ids
             assert {r["doc_id"] for r in rows["qrels.jsonl"]} <= doc_ids
@@ -171,15 +204,18 @@ def test_eval_tasks_follow_the_folder_format(prepared: tuple[Path, dict[str, Pat
             assert 500 <= len(scores) and all(0 <= s <= 1 for s in scores) and max(scores) - min(scores) > 0.5
         elif meta["type"] == "classification":
             assert {r["label"] for r in rows["test.jsonl"]} == {r["label"] for r in rows["train.jsonl"]} == {"positive", "negative"}
+            assert len(rows["test.jsonl"]) >= 300
             assert not {r["text"] for r in rows["test.jsonl"]} & {r["text"] for r in rows["train.jsonl"]}
         else:
-            assert len({r["label"] for r in rows["items.jsonl"]}) >= 10
+            assert len({r["label"] for r in rows["items.jsonl"]}) >= 10 and len(rows["items.jsonl"]) >= 300
     assert types["retrieval"] >= 2 and types["sts"] and types["classification"] and types["clustering"]
+    held_out = {name for name, folder in tasks.items() if json.loads((folder / "task.json").read_text())["source"] in prepare.HELD_OUT_SOURCES}
+    assert held_out == {"movie-polarity", "brown-genre-clustering", "spam-assassin-subject-retrieval", "perl-faq-retrieval"}
 
 
 @pytest.mark.slow
-def test_second_call_reuses_the_cache(prepared: tuple[Path, dict[str, Path]], monkeypatch: pytest.MonkeyPatch) -> None:
-    mix, tasks = prepared
+def test_second_call_reuses_the_cache(prepared: tuple[dict[str, Path], dict[str, Path]], monkeypatch: pytest.MonkeyPatch) -> None:
+    mix, tasks = prepared[0]["default"], prepared[1]
     monkeypatch.setenv("ECHO_CACHE", str(mix.parent.parent))
     stamp = (mix / "manifest.json").stat().st_mtime_ns
     monkeypatch.setattr(prepare, "atomic_folder", lambda *args: pytest.fail("rebuilt a cached result"))

@@ -64,7 +64,7 @@ def definition_paraphrase_examples(
             continue
         if len(gcide_definition.split()) < 4 or _CROSS_REFERENCE.match(gcide_definition):
             continue
-        if normalized(gcide_definition).rstrip(".") == normalized(synset.definition):
+        if normalized(gcide_definition).rstrip(".") == normalized(synset.definition).rstrip("."):
             continue  # later GCIDE entries copied WordNet's wording: no paraphrase to learn
         related = wordnet.related_definitions(synset, split, random.Random(synset.id))
         if not related:
