@@ -24,14 +24,34 @@ _GGUF_MODELS = {
 def resolve_model(name_or_path: str) -> str:
     """A path or hub id that ``from_pretrained`` can load; converts registered names on first use.
 
-    Raises BadInputError when a registered model's package is not installed.
+    Raises BadInputError when a registered model's package is not installed, and naming the
+    path when a local one is not a model folder (a hub id is known only when it loads).
     """
     if name_or_path not in _GGUF_MODELS:
+        _check_model_folder(name_or_path)
         return name_or_path
     target = cache_dir("models") / name_or_path
     if not (target / "config.json").exists():
         _convert_gguf(name_or_path, target)
     return str(target)
+
+
+def _check_model_folder(name_or_path: str) -> None:
+    """Raise BadInputError unless ``name_or_path`` is a folder with a config.json, or may be a hub id.
+
+    A hub id is ``name`` or ``owner/name``; anything else (absolute, ``./``, ``~``, deeper,
+    or existing on disk) is a local path.
+    """
+    path = Path(name_or_path).expanduser()
+    is_path = path.exists() or path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if not is_path:
+        return
+    if not path.exists():
+        raise BadInputError(f"{name_or_path}: no such model folder")
+    if not path.is_dir():
+        raise BadInputError(f"{name_or_path}: a file, not a model folder")
+    if not (path / "config.json").is_file():
+        raise BadInputError(f"{name_or_path}: not a model folder (no config.json)")
 
 
 def _convert_gguf(name: str, target: Path) -> None:

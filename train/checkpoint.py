@@ -45,11 +45,19 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from: 'auto' = latest complete one (or none), 'none', or a path.
+    """The checkpoint to resume from: 'auto' = latest complete one (or none), 'none' and
+    'overwrite' = none (see train/config.py), or a path.
 
-    Raises BadInputError when a given path is not a complete checkpoint.
+    Raises BadInputError when a given path is not a complete checkpoint, and for 'none' when
+    ``output_dir`` already holds checkpoints: a fresh run's would mix with them.
     """
-    if resume == "none":
+    found = checkpoint_dirs(output_dir) if resume == "none" else []
+    if found:
+        raise BadInputError(f"train.resume=none: {output_dir} already holds {len(found)} checkpoint(s) of an earlier run "
+                            f"({found[0].name} to {found[-1].name}); continue them "
+                            "with train.resume=auto, delete them and start over with train.resume=overwrite, "
+                            "or choose another output_dir")
+    if resume in ("none", "overwrite"):
         return None
     if resume == "auto":
         found = checkpoint_dirs(output_dir)
