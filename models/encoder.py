@@ -15,12 +15,12 @@ import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from echo_base import BadInputError
 from models.packing import pack_prompts, packed_attention_kwargs, use_packed_attention
 from models.pooling import Pooling, check_pooling, pool, pool_packed
-from models.registry import resolve_model
+from models.registry import load_model_config, resolve_model
 from models.templates import TemplateSet, get_template_set, template_set_from_dict
 from models.tokenization import PromptIds, PromptTokenizer, pad_prompts
 
@@ -134,10 +134,7 @@ class EchoEncoder(nn.Module):
 
         weight_dtype = DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
         autocast_dtype = torch.bfloat16 if dtype is None else None
-        try:
-            AutoConfig.from_pretrained(path)
-        except (OSError, ValueError) as error:  # not on the hub or no hub, a broken config.json
-            raise BadInputError(f"{name_or_path}: cannot load a model ({str(error).splitlines()[0]})") from None
+        load_model_config(name_or_path)  # a model that does not load is bad input, named in one line
         tokenizer = AutoTokenizer.from_pretrained(path)
         # The base model without its LM head: an embedding never needs the vocabulary projection.
         model = AutoModel.from_pretrained(path, dtype=weight_dtype)

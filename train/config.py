@@ -48,8 +48,8 @@ class ModelConfig(_Section):
 
 
 class DatasetSpec(_Section):
-    name: str = Field(description="Dataset name; every global batch comes from one dataset.")
-    path: str = Field(description="JSONL file, or hf:<dataset_id>[:<split>].")
+    name: str = Field(min_length=1, description="Dataset name; every global batch comes from one dataset.")
+    path: str = Field(min_length=1, description="JSONL file, or hf:<dataset_id>[:<split>].")
     format: Literal["echo", "flag", "e5"] = Field("echo", description="Row format (data/formats.py).")
     instruction: str | None = Field(None, description="Query instruction when rows carry none.")
     symmetric: bool = Field(False, description="Encode the documents with the query template too (symmetric tasks).")

@@ -31,11 +31,11 @@ from models.export import MODEL_CARD_FILE, export_merged, export_spec, model_car
 from models.lora import apply_lora, store_frozen_linear_weights, trainable_state_dict
 from models.zero3 import release_prefetched_parameters
 from train.accelerator import fill_deepspeed_config, make_accelerator, model_build_context
-from train.checkpoint import Checkpointer
-from train.config import RunConfig, config_key, config_to_yaml
+from train.checkpoint import Checkpointer, discard_earlier_run
+from train.config import RunConfig, config_to_yaml
 from train.loss import InfoNCELoss
 from train.preflight import parse_args, read_run_inputs
-from train.run_folder import discard_earlier_run, lock_run_folder, release_run_folder
+from train.run_folder import lock_run_folder, release_run_folder
 from train.step import TrainingStep
 from train.tracking import RunLogger, run_dir
 from train.training_data import ContrastiveBatches
@@ -129,7 +129,7 @@ def build_model(config: RunConfig, accelerator: Accelerator) -> tuple[EchoEncode
     the same products as float32 weights under autocast, without re-casting them on every op.
     """
     bf16 = config.model.precision == "bf16"
-    with model_build_context(accelerator), config_key("model.name"):
+    with model_build_context(accelerator):
         encoder = EchoEncoder.from_pretrained(config.model.name, mode=config.model.template_set,
                                               pooling=config.model.pooling, max_length=config.model.max_length,
                                               dtype="float32", template_file=config.model.template_file,

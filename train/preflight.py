@@ -24,7 +24,8 @@ from pathlib import Path
 
 from echo_base import UsageError, command_status
 from evaluation.tasks import check_task, resolve_tasks
-from models.registry import resolve_model
+from models.lora import check_lora
+from models.registry import model_skeleton
 from train.checkpoint import resolve_resume
 from train.config import RunConfig, config_key, load_config
 from train.run_folder import check_run_folder
@@ -45,6 +46,8 @@ def parse_args(argv: list[str], prog: str = "train/finetune.py") -> RunConfig:
     parser.add_argument("--config", required=True, help="YAML run config (train/config.py documents every key)")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=3")
     args = parser.parse_args(argv)
+    if not args.config:
+        parser.error("--config is empty: name a YAML file")
     bad = [item for item in args.overrides if "=" not in item or item.startswith("-")]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (only --config and section.key=value are accepted)")
@@ -63,7 +66,7 @@ def read_run_inputs(config: RunConfig, num_processes: int, *, main_process: bool
     """Read and check every input of a run; nothing is written to ``output_dir``.
 
     Raises BadInputError naming the key, or the file and line: a batch the processes cannot
-    share, a model path that is no model folder (a hub id is known only when it loads), a
+    share, a model that does not load or lacks the layers or modules ``lora`` names, a
     malformed training file or task folder (``data.dev``, ``export.eval_tasks``), a
     ``train.resume`` that names no checkpoint or would mix two runs, and (on the main process,
     the one that will lock it) an ``output_dir`` that is a file or that another live run holds.
@@ -76,7 +79,8 @@ def read_run_inputs(config: RunConfig, num_processes: int, *, main_process: bool
         check_run_folder(output_dir)
     resolve_resume(config.train.resume, output_dir)
     with config_key("model.name"):
-        resolve_model(config.model.name)
+        skeleton = model_skeleton(config.model.name)
+    check_lora(config.lora, skeleton)
     data = load_training_data(config.data)
     if data.dev is not None:
         with config_key("data.dev"):

@@ -1,4 +1,4 @@
-"""One run per output folder: the lock a live run holds, and starting over in a folder.
+"""One run per output folder: the lock a live run holds, and a dead one does not.
 
 A run holds ``<output_dir>/run.lock`` from the moment it first writes there to its end: an
 ``flock`` on the open file, which the kernel releases when the process ends in any way
@@ -6,11 +6,6 @@ A run holds ``<output_dir>/run.lock`` from the moment it first writes there to i
 blocks nothing. The file records the holder (pid, host, start time) for the message a
 second run gets. Only the main process of a multi-process run takes it; the other ranks
 write nowhere the main process does not guard.
-
-:func:`discard_earlier_run` is ``train.resume=overwrite``: a fresh run's checkpoints would
-mix with an earlier run's (``resume=auto`` would later take whichever step is highest), so
-a fresh start into a folder with checkpoints is refused (``train.checkpoint.resolve_resume``)
-unless the earlier run is deleted first.
 """
 
 from __future__ import annotations
@@ -19,15 +14,12 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import socket
 import time
 import warnings
 from pathlib import Path
 
-from echo_base import UsageError, staging_path
-from train.checkpoint import CHECKPOINTS
-from train.tracking import LOG_FILE
+from echo_base import UsageError
 
 LOCK_FILE = "run.lock"
 # flock is missing on some network filesystems (Lustre without -o flock, some FUSE mounts).
@@ -94,21 +86,6 @@ def release_run_folder(output_dir: Path) -> None:
         return
     path.unlink(missing_ok=True)  # while still locked, so no one takes the old file
     os.close(descriptor)
-
-
-def discard_earlier_run(output_dir: Path) -> None:
-    """Delete the checkpoints and the log an earlier run left in ``output_dir`` (``train.resume=overwrite``).
-
-    The checkpoints folder is renamed aside first, so a crash midway leaves no half-deleted
-    checkpoint under a name that ``resume=auto`` would take. Call it holding the folder's lock.
-    """
-    checkpoints = Path(output_dir) / CHECKPOINTS
-    if checkpoints.exists():
-        retired = staging_path(checkpoints)
-        shutil.rmtree(retired, ignore_errors=True)
-        checkpoints.rename(retired)
-        shutil.rmtree(retired)
-    (Path(output_dir) / LOG_FILE).unlink(missing_ok=True)
 
 
 def _try_lock(descriptor: int, mode: int) -> bool:
