@@ -145,7 +145,7 @@ train() {
         # Bad input (config, data, output folder) ends here in one line with exit code 2:
         # inside the launched processes accelerate would turn it into a traceback and exit code 1.
         WORLD_SIZE="$((per_machine * machines))" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
-            python -m train.preflight --config "$config" "$@" || exit $?
+            python -m train.preflight --config "$config" "$@" >/dev/null || exit $?
     fi
     printf '%q ' "${command[@]}" | sed 's/ $//'
     echo

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from echo_base import BadInputError, atomic_folder, cache_dir
+from models.zero3 import outside_zero3
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -63,7 +64,8 @@ def model_skeleton(name_or_path: str) -> PreTrainedModel:
     from transformers import AutoModel
 
     config = load_model_config(name_or_path)
-    with torch.device("meta"):
+    # Outside ZeRO-3 too: in a ZeRO-3 run from_config would partition it, a collective every rank must join.
+    with torch.device("meta"), outside_zero3():
         return AutoModel.from_config(config)
 
 

@@ -23,7 +23,7 @@ from echo_base import UsageError
 
 LOCK_FILE = "run.lock"
 # flock is missing on some network filesystems (Lustre without -o flock, some FUSE mounts).
-_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 # Lock files this process holds, by resolved path, with the open descriptor that holds each.
 _held: dict[Path, int] = {}
 
