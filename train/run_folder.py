@@ -4,8 +4,8 @@ A run holds ``<output_dir>/run.lock`` from the moment it first writes there to i
 ``flock`` on the open file, which the kernel releases when the process ends in any way
 (SIGKILL and preemption included), so a dead run never holds a folder and a stale file
 blocks nothing. The file records the holder (pid, host, start time) for the message a
-second run gets. Only the main process of a multi-process run takes it; the other ranks
-write nowhere the main process does not guard.
+second run gets. Only the main process of a multi-process run takes it: the other ranks
+write only inside the folder it holds.
 """
 
 from __future__ import annotations
