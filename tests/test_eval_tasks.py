@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from data.formats import DataFormatError, write_task
-from evaluation.tasks import evaluate_task, load_task_info, read_task_file
+from echo_base import BadInputError
+from evaluation.tasks import check_task, evaluate_task, load_task_info, read_task_file
 from models import EchoEncoder
 
 
@@ -152,11 +153,16 @@ def test_qrels_naming_unknown_document_is_an_error(tmp_path):
         qrels.write('{"query_id": "q1", "doc_id": "d9", "relevance": 1}\n')
     with pytest.raises(DataFormatError, match=r"qrels.jsonl: row 5: doc_id 'd9' is not in the task"):
         evaluate_task(LookupEncoder(RETRIEVAL_VECTORS), tmp_path / "ret")
+    # check_task finds it without an encoder, as training does before it starts.
+    with pytest.raises(DataFormatError, match=r"qrels.jsonl: row 5: doc_id 'd9' is not in the task"):
+        check_task(tmp_path / "ret")
 
 
 def test_task_json_checks(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no task.json"):
+    with pytest.raises(BadInputError, match="no task.json"):
         load_task_info(tmp_path)
+    with pytest.raises(BadInputError, match="nope: no such task folder"):
+        load_task_info(tmp_path / "nope")
     (tmp_path / "task.json").write_text(json.dumps({**meta("t", "ranking"), "type": "ranking"}))
     with pytest.raises(DataFormatError, match="unknown type 'ranking'"):
         load_task_info(tmp_path)

@@ -52,8 +52,33 @@ def test_yaml_mappings_are_read_or_named_with_the_callers_error(tmp_path):
     path.write_text("- just\n- a list\n")
     with pytest.raises(SweepError, match=r"s\.yaml: a sweep file is a mapping, got list"):
         read_yaml_mapping(path, "sweep file", SweepError)
-    path.write_text("a: [unclosed\n")
-    with pytest.raises(SweepError, match=r"s\.yaml: not valid YAML"):
+    path.write_text("a: 1\nb: [unclosed\nc: 2\n")
+    with pytest.raises(SweepError, match=r"s\.yaml:3: not valid YAML \(expected ',' or ']', but got"):
         read_yaml_mapping(path, "sweep file", SweepError)
     with pytest.raises(BadInputError, match=r"missing\.yaml: cannot read config \(No such file or directory\)"):
         read_yaml_mapping(tmp_path / "missing.yaml", "config")
+
+
+def test_a_key_given_twice_is_named_by_line_in_json_rows_and_yaml(tmp_path):
+    rows = tmp_path / "r.jsonl"
+    rows.write_text('{"a": 1, "b": 2}\n{"a": 1, "b": 2, "a": 3}\n')
+    with pytest.raises(DataFormatError, match=r"r\.jsonl:2: key 'a' given twice"):
+        list(iter_jsonl(rows))
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  lr: 1\n  seed: 2\n  lr: 3\nmodel: {}\n")
+    with pytest.raises(BadInputError, match=r"c\.yaml:4: key 'lr' given twice"):
+        read_yaml_mapping(config, "config")
+    # The same key in two mappings, and a `<<:` merge, are not duplicates.
+    config.write_text("base: &b {lr: 1}\ntrain:\n  <<: *b\n  lr: 2\nmodel: {lr: 3}\n")
+    assert read_yaml_mapping(config, "config")["train"] == {"lr": 2}
+
+
+def test_yaml_bom_crlf_bad_utf8_and_a_folder(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\xef\xbb\xbftrain:\r\n  lr: 1\r\n")
+    assert read_yaml_mapping(path, "config") == {"train": {"lr": 1}}
+    path.write_bytes(b"a: 1\nb: caf\xe9\n")
+    with pytest.raises(BadInputError, match=r"c\.yaml:2: not valid UTF-8"):
+        read_yaml_mapping(path, "config")
+    with pytest.raises(BadInputError, match=r": is a folder, not a config"):
+        read_yaml_mapping(tmp_path, "config")

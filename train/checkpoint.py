@@ -15,12 +15,18 @@ staging folder, which resume ignores (and the next save of that step replaces).
 
 :class:`Checkpointer` binds what every save of a run shares (the accelerator, the model,
 the folder, what the export needs, the sampler whose position it records).
+
+:func:`resolve_resume` says what ``train.resume`` resumes from. A fresh start into a folder
+that holds checkpoints is refused: its checkpoints would mix with the earlier run's, and a
+later ``resume=auto`` would take whichever step is highest. ``resume=overwrite`` asks for
+the earlier run to be deleted first (:func:`discard_earlier_run`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
@@ -32,6 +38,7 @@ from data.sampler import SingleDatasetBatchSampler
 from echo_base import BadInputError, publish_folder, staging_folder, staging_path
 from models.export import ADAPTER_FILE, EXPORT_SPEC_FILE
 from models.lora import load_trainable_state, trainable_state_dict
+from train.tracking import LOG_FILE
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -45,11 +52,19 @@ def checkpoint_dirs(output_dir: Path) -> list[Path]:
 
 
 def resolve_resume(resume: str, output_dir: Path) -> Path | None:
-    """The checkpoint to resume from: 'auto' = latest complete one (or none), 'none', or a path.
+    """The checkpoint to resume from: 'auto' = latest complete one (or none), 'none' and
+    'overwrite' = none (see train/config.py), or a path.
 
-    Raises BadInputError when a given path is not a complete checkpoint.
+    Raises BadInputError when a given path is not a complete checkpoint, and for 'none' when
+    ``output_dir`` already holds checkpoints: a fresh run's would mix with them.
     """
-    if resume == "none":
+    found = checkpoint_dirs(output_dir) if resume == "none" else []
+    if found:
+        raise BadInputError(f"train.resume=none: {output_dir} already holds {len(found)} checkpoint(s) of an earlier run "
+                            f"({found[0].name} to {found[-1].name}); continue them "
+                            "with train.resume=auto, delete them and start over with train.resume=overwrite, "
+                            "or choose another output_dir")
+    if resume in ("none", "overwrite"):
         return None
     if resume == "auto":
         found = checkpoint_dirs(output_dir)
@@ -58,6 +73,21 @@ def resolve_resume(resume: str, output_dir: Path) -> Path | None:
     if not (path / "state.json").is_file():
         raise BadInputError(f"train.resume={resume!r}: not a complete checkpoint folder (no state.json)")
     return path
+
+
+def discard_earlier_run(output_dir: Path) -> None:
+    """Delete the checkpoints and the log an earlier run left in ``output_dir`` (``train.resume=overwrite``).
+
+    The checkpoints folder is renamed aside first, so a crash midway leaves no half-deleted
+    checkpoint under a name that ``resume=auto`` would take. Call it holding the folder's lock.
+    """
+    checkpoints = Path(output_dir) / CHECKPOINTS
+    if checkpoints.exists():
+        retired = staging_path(checkpoints)
+        shutil.rmtree(retired, ignore_errors=True)
+        checkpoints.rename(retired)
+        shutil.rmtree(retired)
+    (Path(output_dir) / LOG_FILE).unlink(missing_ok=True)
 
 
 def _trim_to_trainable(model: nn.Module):

@@ -12,15 +12,19 @@ that file first and lays this file's sections over it, key by key.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from echo_base import BadInputError, read_yaml_mapping
+from data.prepare import MIXES
+from echo_base import BadInputError, read_yaml_mapping, shown
 from models.lora import LoraConfig
 from models.pooling import Pooling
+from models.templates import get_template_set, load_template_sets
 
 
 class ConfigError(BadInputError):
@@ -28,7 +32,8 @@ class ConfigError(BadInputError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Every string is a name, a path (PATH_MAX 4096) or an instruction: longer is a mistake, not a value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, str_max_length=4096)
 
 
 class ModelConfig(_Section):
@@ -43,8 +48,8 @@ class ModelConfig(_Section):
 
 
 class DatasetSpec(_Section):
-    name: str = Field(description="Dataset name; every global batch comes from one dataset.")
-    path: str = Field(description="JSONL file, or hf:<dataset_id>[:<split>].")
+    name: str = Field(min_length=1, description="Dataset name; every global batch comes from one dataset.")
+    path: str = Field(min_length=1, description="JSONL file, or hf:<dataset_id>[:<split>].")
     format: Literal["echo", "flag", "e5"] = Field("echo", description="Row format (data/formats.py).")
     instruction: str | None = Field(None, description="Query instruction when rows carry none.")
     symmetric: bool = Field(False, description="Encode the documents with the query template too (symmetric tasks).")
@@ -52,7 +57,7 @@ class DatasetSpec(_Section):
 
 
 class DataConfig(_Section):
-    mix: str | None = Field("default", description="A training mix prepared offline by data/prepare.py (None: use `datasets` only).")
+    mix: Literal[tuple(MIXES)] | None = Field("default", description="A training mix prepared offline by data/prepare.py (its MIXES name them; None: use `datasets` only).")
     datasets: list[DatasetSpec] = Field(default_factory=list, description="Explicit datasets, added to the mix.")
     num_negatives: int = Field(1, ge=0, description="Hard negatives per query.")
     dev: str | None = Field("auto", description="Dev retrieval task folder; 'auto' = the mix's dev set; None = no dev evaluation.")
@@ -74,7 +79,7 @@ class TrainConfig(_Section):
     temperature: float = Field(0.02, gt=0, description="InfoNCE temperature (the paper's scale 50).")
     symmetric_loss: bool = Field(False, description="Add the document->query InfoNCE term (each positive scored against all queries).")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (None = only at the end).")
-    resume: str = Field("auto", description="'auto' (latest checkpoint in output_dir, if any), 'none', or a checkpoint path.")
+    resume: str = Field("auto", description="'auto' (latest checkpoint in output_dir, if any), 'none' (start at step 0; refused when output_dir already holds checkpoints, which a fresh run would mix with its own), 'overwrite' (start at step 0 after deleting output_dir's checkpoints and log), or a checkpoint path.")
     eval_every: int | None = Field(None, ge=1, description="Dev evaluation every N steps (None = before and after training only).")
     log_every: int = Field(1, ge=1, description="Log loss and throughput every N steps.")
 
@@ -114,9 +119,24 @@ class RunConfig(_Section):
         if self.train.chunk_size is not None and self.train.chunk_size > self.train.batch_size * (2 + self.data.num_negatives):
             problems.append(f"train.chunk_size={self.train.chunk_size} exceeds the sequences of a contrastive batch; "
                             "use null for one chunk")
+        problems += _template_problems(self.model)
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def _template_problems(model: ModelConfig) -> list[str]:
+    """What is wrong with model.template_file and model.template_set, each naming its key."""
+    if model.template_file is not None:
+        try:
+            load_template_sets(model.template_file)
+        except BadInputError as error:
+            return [f"model.template_file: {error}"]
+    try:
+        get_template_set(model.template_set, model.template_file)
+    except BadInputError as error:
+        return [f"model.template_set: {error}"]
+    return []
 
 
 def _set_dotted(target: dict, dotted: str, raw_value: str) -> None:
@@ -126,7 +146,10 @@ def _set_dotted(target: dict, dotted: str, raw_value: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {dotted}: {key!r} is not a section")
-    value = yaml.safe_load(raw_value) if raw_value != "" else None
+    try:
+        value = yaml.safe_load(raw_value) if raw_value != "" else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {dotted}: value {shown(raw_value)} is not valid YAML ({str(error).splitlines()[0]})") from None
     # wandb's ${args_no_hyphens} writes Python reprs: None must mean null, not the string "None".
     node[keys[-1]] = None if value == "None" else value
 
@@ -140,7 +163,7 @@ def _format_errors(error: ValidationError) -> str:
         elif not item["loc"]:  # a cross-key check: its message names the keys
             lines.append(item["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"{key}: {item['msg']} (got {shown(item.get('input'))})")
     return "; ".join(lines)
 
 
@@ -195,6 +218,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{path}: {_format_errors(error)}") from None
+
+
+@contextmanager
+def config_key(key: str) -> Iterator[None]:
+    """Re-raise bad input met while acting on the value of ``key`` (a model that does not load,
+    a task folder) as a ConfigError that names the key."""
+    try:
+        yield
+    except BadInputError as error:
+        raise ConfigError(f"{key}: {error}") from None
 
 
 def config_to_yaml(config: RunConfig) -> str:

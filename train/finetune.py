@@ -2,17 +2,16 @@
 
     accelerate launch train/finetune.py --config configs/echo_lora.yaml [section.key=value ...]
 
-Reads top to bottom: config -> data -> model + LoRA -> optimizer, scheduler -> training
-step -> resume -> loop (step, log, evaluate, save) -> final checkpoint -> export. The
-last line it prints is ``export: <path of the merged model>``.
+Reads top to bottom: config -> every input checked (data, tasks, output folder) -> model +
+LoRA -> output folder locked -> optimizer, scheduler -> training step -> resume -> loop
+(step, log, evaluate, save) -> final checkpoint -> export. The last line it prints is
+``export: <path of the merged model>``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 
 if __package__ in (None, ""):  # `accelerate launch train/finetune.py` runs this file as a script
@@ -25,54 +24,44 @@ from peft import PeftModel
 from transformers import get_scheduler
 
 from data.sampler import SingleDatasetBatchSampler
-from echo_base import BadInputError, UsageError
-from evaluation.tasks import evaluate_task, resolve_tasks
+from echo_base import command_status
+from evaluation.tasks import evaluate_task
 from models import EchoEncoder
 from models.export import MODEL_CARD_FILE, export_merged, export_spec, model_card
 from models.lora import apply_lora, store_frozen_linear_weights, trainable_state_dict
 from models.zero3 import release_prefetched_parameters
 from train.accelerator import fill_deepspeed_config, make_accelerator, model_build_context
-from train.checkpoint import Checkpointer
-from train.config import RunConfig, config_to_yaml, load_config
+from train.checkpoint import Checkpointer, discard_earlier_run
+from train.config import RunConfig, config_to_yaml
 from train.loss import InfoNCELoss
+from train.preflight import parse_args, read_run_inputs
+from train.run_folder import lock_run_folder, release_run_folder
 from train.step import TrainingStep
 from train.tracking import RunLogger, run_dir
-from train.training_data import ContrastiveBatches, load_training_data
-
-
-def parse_args(argv: list[str]) -> RunConfig:
-    parser = argparse.ArgumentParser(prog="train/finetune.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="YAML run config (train/config.py documents every key)")
-    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=3")
-    args = parser.parse_args(argv)
-    bad = [item for item in args.overrides if "=" not in item or item.startswith("-")]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)} (only --config and section.key=value are accepted)")
-    return load_config(args.config, args.overrides)
+from train.training_data import ContrastiveBatches
 
 
 def main(argv: list[str] | None = None) -> Path:
     config = parse_args(sys.argv[1:] if argv is None else argv)
     accelerator = make_accelerator()
     set_seed(config.train.seed)
-    if config.train.batch_size % accelerator.num_processes:
-        raise UsageError(f"train.batch_size={config.train.batch_size} must divide by the number of processes "
-                         f"({accelerator.num_processes})")
     fill_deepspeed_config(accelerator, config.train)
 
-    # Data first: malformed rows stop the run before a model loads or anything is written.
+    # Every input first (train/preflight.py), and the model: bad input stops the run before anything is written.
     with accelerator.main_process_first():
-        data = load_training_data(config.data)
-        export_tasks = resolve_tasks(config.export.eval_tasks) if config.export.eval_tasks else {}
+        inputs = read_run_inputs(config, accelerator.num_processes, main_process=accelerator.is_main_process)
+    data, export_tasks = inputs.data, inputs.export_tasks
     sampler = SingleDatasetBatchSampler([example.dataset for example in data.examples], config.train.batch_size,
                                         config.train.seed)
     output_dir = run_dir(config.output_dir)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(config_to_yaml(config))
         print(config_to_yaml(config) + describe_run(config, accelerator, data.examples, sampler))
-
     encoder, model = build_model(config, accelerator)
+    if accelerator.is_main_process:
+        lock_run_folder(output_dir)  # held to the end of the run: a second run on this folder is refused
+        if config.train.resume == "overwrite":
+            discard_earlier_run(output_dir)
+        (output_dir / "config.yaml").write_text(config_to_yaml(config))
     spec = export_spec(config.model.name, config.lora, encoder.echo_config())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)
@@ -117,6 +106,7 @@ def main(argv: list[str] | None = None) -> Path:
     elif accelerator.is_main_process:
         print(f"export: {final_checkpoint}")  # export.enabled=false: the final checkpoint stands in
     logger.close(export_dir)  # after the export: wandb.log_model references it
+    release_run_folder(output_dir)
     return export_dir
 
 
@@ -185,15 +175,9 @@ def export_run(accelerator: Accelerator, model, spec: dict, card: str, checkpoin
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """Entry point: bad configs, arguments and data end in one line on stderr, exit code 2."""
-    # Warnings (a deprecated config key) read as one line too, without Python's source-line echo.
-    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
-    try:
-        main(argv)
-    except BadInputError as error:  # ConfigError, DataFormatError, UsageError, ...: the user's input, not a bug
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if torch.distributed.is_initialized():
+    """Entry point: bad configs, arguments and data end in one line on stderr, exit code 2 (any other error keeps its traceback)."""
+    status = command_status(lambda: main(argv))
+    if status == 0 and torch.distributed.is_initialized():
         # A finished multi-process run can still abort in C++ destructors at interpreter exit
         # ("terminate called without an active exception" on a ZeRO-3 rank, intermittently, after
         # every file was written). Once all ranks are past this barrier nothing is left to write,
@@ -202,7 +186,7 @@ def cli(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from evaluation.report import plot_training
 if TYPE_CHECKING:
     import wandb
 
+LOG_FILE = "log.jsonl"  # in the run's folder
+
 
 def peak_memory_gb(device: torch.device) -> float:
     """Peak memory of this process so far: allocated GPU memory on CUDA, resident set size on CPU."""
@@ -78,7 +80,7 @@ class RunLogger:
         self._window_seconds, self._window_tokens, self._window_queries = 0.0, 0, 0
         if not enabled:
             return
-        self.log_file = (self.output_dir / "log.jsonl").open("a")
+        self.log_file = (self.output_dir / LOG_FILE).open("a")
         mode = wandb_mode(wandb_settings["mode"])
         if mode != "disabled":
             import wandb
@@ -124,7 +126,7 @@ class RunLogger:
         if self.bar is not None:
             self.bar.close()
         self.log_file.close()
-        records = [json.loads(line) for line in (self.output_dir / "log.jsonl").read_text().splitlines()]
+        records = [json.loads(line) for line in (self.output_dir / LOG_FILE).read_text().splitlines()]
         plot_training(records, self.output_dir / "training.png", title=f"training: {self.output_dir.name}")
         if self.run is not None:
             if self.log_model:
