@@ -36,7 +36,7 @@ from train.checkpoint import Checkpointer
 from train.config import RunConfig, config_to_yaml, load_config
 from train.loss import InfoNCELoss
 from train.step import NonFiniteGuard, TrainingStep
-from train.tracking import RunLogger, run_dir
+from train.tracking import RunLogger, close_progress_bars, run_dir
 from train.training_data import ContrastiveBatches, load_training_data
 
 
@@ -199,6 +199,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         main(argv)
     except BadInputError as error:  # ConfigError, DataFormatError, UsageError, ...: the user's input, not a bug
+        close_progress_bars()  # a run stopped mid-way: its bar ends its line first
         print(f"error: {error}", file=sys.stderr)
         return 2
     if torch.distributed.is_initialized():
