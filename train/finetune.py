@@ -89,11 +89,11 @@ def main(argv: list[str] | None = None) -> Path:
                                  accelerator.process_index, accelerator.num_processes)
     checkpoints = Checkpointer(accelerator, model, output_dir, export_spec=spec, config_yaml=config_to_yaml(config),
                                sampler=sampler, keep=config.train.keep_checkpoints)
-    nonfinite = NonFiniteGuard(config.train.on_nonfinite, config.train.max_nonfinite_skips, data.describe_rows,
-                               warn=accelerator.is_main_process)
     start_step = checkpoints.resume(config.train.resume)
     logger = RunLogger(accelerator.is_main_process, output_dir, config.wandb.model_dump(), config.model_dump(mode="json"),
                        config.train.max_steps, start_step, config.train.log_every, accelerator.device)
+    nonfinite = NonFiniteGuard(config.train.on_nonfinite, config.train.max_nonfinite_skips, data.describe_rows,
+                               warn=logger.warn)
     if start_step == 0:
         logger.log(0, evaluate_dev(encoder, data.dev, config.data.dev_max_queries))
 

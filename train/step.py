@@ -20,7 +20,6 @@ A step whose loss or gradient is NaN or infinite on any process is never applied
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -146,11 +145,11 @@ class NonFiniteGuard:
     """
 
     def __init__(self, policy: Literal["skip", "stop"], max_skips: int, describe_rows: Callable[[Sequence[int]], str],
-                 warn: bool) -> None:
+                 warn: Callable[[str], None]) -> None:
         self.policy = policy
         self.max_skips = max_skips
         self.describe_rows = describe_rows  # e.g. TrainingData.describe_rows
-        self.warn = warn  # this process prints the warnings (the main one)
+        self.warn = warn  # prints one warning line, e.g. RunLogger.warn
         self.skipped_in_a_row = 0
 
     def __call__(self, step_number: int, result: StepResult) -> None:
@@ -167,5 +166,4 @@ class NonFiniteGuard:
         if self.skipped_in_a_row > self.max_skips:
             raise NonFiniteError(f"{what}; {self.skipped_in_a_row} steps in a row were not finite, more than "
                                  f"train.max_nonfinite_skips={self.max_skips}")
-        if self.warn:
-            print(f"warning: {what}; skipped (train.on_nonfinite=skip)", file=sys.stderr)
+        self.warn(f"{what}; skipped (train.on_nonfinite=skip)")

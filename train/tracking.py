@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -120,6 +121,11 @@ class RunLogger:
             # The postfix first: update() redraws, so the bar shows this step's numbers beside its count.
             self.bar.set_postfix({key: f"{value:.4g}" for key, value in postfix.items()}, refresh=False)
             self.bar.update(1)
+
+    def warn(self, message: str) -> None:
+        """Print ``warning: <message>`` as a line of its own above the progress bar (main process only)."""
+        if self.enabled:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
 
     def close(self, export_dir: Path) -> None:
         """End the run: draw the whole log (earlier sessions of a resumed run too) into training.png,
