@@ -122,7 +122,7 @@ class EchoEncoder(nn.Module):
             raise BadInputError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
         if pooling is not None:
             check_pooling(pooling)
-        path = resolve_model(name_or_path)
+        path = resolve_model(name_or_path, trust_remote_code)
         saved = _read_echo_config(path)
         if mode is not None:
             templates = get_template_set(mode, template_file)

@@ -192,7 +192,7 @@ def export_merged(spec: dict, adapter_state: dict[str, torch.Tensor], out_dir: P
     weight is not finite; StorageError naming the path when the storage refuses a write.
     """
     check_finite_weights(adapter_state, f"export {out_dir}")
-    base_path = resolve_model(spec["base_model"])
+    base_path = resolve_model(spec["base_model"], trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
     with outside_zero3():  # the main process exports alone
         model = AutoModel.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True,

@@ -9,13 +9,15 @@ into the cache, atomically, so later loads take seconds. Any other name is passe
 Weights load from safetensors only: every ``from_pretrained`` of the project passes
 ``use_safetensors=True``, and a local folder whose weights are pickles only
 (``pytorch_model.bin``, ``*.pt``: loading one can run arbitrary code) is refused here
-with a line naming the file.
+with a line naming the file. So is a folder that ships its own model or tokenizer code,
+unless the caller trusts it (``model.trust_remote_code``).
 """
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 
 from echo_base import BadInputError, atomic_folder, cache_dir, recover_folder
@@ -28,14 +30,17 @@ _GGUF_MODELS = {
 }
 
 
-def resolve_model(name_or_path: str) -> str:
+def resolve_model(name_or_path: str, trust_remote_code: bool = False) -> str:
     """A path or hub id that ``from_pretrained`` can load; converts registered names on first use.
 
     Raises BadInputError when a registered model's package is not installed, and when a
-    local folder holds its weights only as pickles (:func:`refuse_pickle_weights`).
+    local folder holds its weights only as pickles (:func:`refuse_pickle_weights`) or,
+    unless ``trust_remote_code``, needs its own code (:func:`refuse_remote_code`).
     """
     if name_or_path not in _GGUF_MODELS:
         refuse_pickle_weights(Path(name_or_path))
+        if not trust_remote_code:
+            refuse_remote_code(Path(name_or_path))
         return name_or_path
     target = recover_folder(cache_dir("models") / name_or_path)
     if not (target / "config.json").exists():
@@ -55,6 +60,22 @@ def refuse_pickle_weights(folder: Path) -> None:
     if pickles:
         raise BadInputError(f"{pickles[0]}: refused: weights load from safetensors only (loading a pickle can run "
                             "code); convert the model to safetensors (save_pretrained does by default)")
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """Raise BadInputError naming the file when ``folder``'s config or tokenizer config maps a class
+    to Python code of its own (``auto_map``), which loading would run."""
+    for name in ("config.json", "tokenizer_config.json"):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            auto_map = json.loads(path.read_text(encoding="utf-8")).get("auto_map")
+        except (ValueError, AttributeError):
+            continue  # not a JSON object: from_pretrained names the problem
+        if auto_map:
+            raise BadInputError(f"{path}: refused: loading this model runs its own code ({auto_map}); if you trust "
+                                "it, set model.trust_remote_code=true (trust_remote_code=True in Python)")
 
 
 def _convert_gguf(name: str, target: Path) -> None:
