@@ -179,13 +179,15 @@ class Checkpointer:
             (staging / "state.json").write_text(json.dumps(state, indent=2))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            # fsyncs every file, the other processes' too: an fsync flushes a file whoever wrote it
+            # (on one machine; shared filesystems such as NFS flush a file when its writer closes it).
             publish_folder(staging, final)
             self._drop_oldest(final)
         accelerator.wait_for_everyone()
 
     def _drop_oldest(self, newest: Path) -> None:
-        """Delete the oldest checkpoints beyond ``keep``, never ``newest`` (just published, so one newer
-        than any the run resumed from exists before that one goes)."""
+        """Delete the oldest checkpoints beyond ``keep``, never ``newest``, which was just published:
+        the checkpoint a run resumed from goes only once a newer one is complete."""
         if self.keep is None:
             return
         older = [path for path in checkpoint_dirs(self.output_dir) if path != newest]
