@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,6 +58,7 @@ class TrainingExample:
     negatives: tuple[str, ...]  # hard negatives, may be empty
     instruction: str | None  # per-row instruction, else None
     dataset: str  # every global batch is drawn from a single dataset
+    line: int = field(default=0, compare=False)  # the row's line in the file read (1-based); 0 when made in memory
 
     def to_json(self) -> dict[str, Any]:
         """The ``echo``-format row for this example."""
@@ -95,7 +96,7 @@ def read_examples(
     for line_number, row in _iter_rows(path):
         where = f"{source_name}:{line_number}"
         for example in parse_row(row, where, dataset, instruction):
-            examples.append(_keep_negatives(example, num_negatives, where))
+            examples.append(_keep_negatives(example, num_negatives, where, line_number))
     if not examples:
         raise DataFormatError(f"{source_name}: no examples")
     return examples
@@ -215,16 +216,13 @@ def _parse_e5_row(
 _ROW_PARSERS = {"echo": _parse_echo_row, "flag": _parse_flag_row, "e5": _parse_e5_row}
 
 
-def _keep_negatives(example: TrainingExample, num_negatives: int | None, where: str) -> TrainingExample:
-    if num_negatives is None:
-        return example
-    if len(example.negatives) < num_negatives:
+def _keep_negatives(example: TrainingExample, num_negatives: int | None, where: str, line: int) -> TrainingExample:
+    """``example`` with its first ``num_negatives`` hard negatives (None: all) and its ``line``."""
+    if num_negatives is not None and len(example.negatives) < num_negatives:
         raise DataFormatError(
             f"{where}: needs {num_negatives} hard negatives (num_negatives), row has {len(example.negatives)}"
         )
-    return TrainingExample(
-        example.query, example.positive, example.negatives[:num_negatives], example.instruction, example.dataset
-    )
+    return replace(example, negatives=example.negatives[:num_negatives], line=line)
 
 
 def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:

@@ -3,9 +3,10 @@
 ``prepare_training_mix`` writes ``train/<dataset>.jsonl`` (``echo`` format, one file per
 dataset, an E5-style instruction in each row), a ``dev/`` retrieval task from the dev
 splits, ``SOURCES.md`` and ``manifest.json``. ``prepare_eval_tasks`` writes task folders
-from the test splits and from sources never used for training. Both build into a
-temporary folder and rename it into place, so a failure never leaves a half-written
-result, and both return the cached result unless it is missing or ``force=True``.
+from the test splits and from sources never used for training. Both build through
+:func:`echo_base.atomic_folder` (a staging folder, fsynced and renamed into place), so a
+failure never leaves a half-written result, and both return the cached result unless it
+is missing or ``force=True``.
 
 No dev or test text appears in any training file: every source splits by its natural
 unit, and texts that recur across units (a repeated verse, a shared definition) are
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from echo_base import BadInputError, atomic_folder, cache_dir
+from echo_base import BadInputError, atomic_folder, cache_dir, recover_folder
 from data.formats import TrainingExample, write_jsonl, write_task
 from data.sources import (
     bible,
@@ -165,7 +166,7 @@ def prepare_training_mix(name: str = "default", force: bool = False) -> Path:
     """
     if name not in MIXES:
         raise BadInputError(f"unknown training mix {name!r}; known mixes: {sorted(MIXES)}")
-    target = cache_dir("training-mixes") / name
+    target = recover_folder(cache_dir("training-mixes") / name)
     if (target / "manifest.json").is_file() and not force:
         return target
     with atomic_folder(target) as folder:
@@ -176,7 +177,7 @@ def prepare_training_mix(name: str = "default", force: bool = False) -> Path:
 def prepare_eval_tasks(force: bool = False) -> dict[str, Path]:
     """Task name -> task folder for every evaluation task (built if missing or ``force``)."""
     root = cache_dir("eval-tasks")
-    target = root / "tasks"
+    target = recover_folder(root / "tasks")
     manifest_path = target / "manifest.json"
     stale = not manifest_path.is_file() or json.loads(manifest_path.read_text(encoding="utf-8")).get("version") != EVAL_TASKS_VERSION
     if stale or force:

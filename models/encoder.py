@@ -105,6 +105,7 @@ class EchoEncoder(nn.Module):
         template_file: str | Path | None = None,
         device: str | torch.device | None = None,
         packing: bool = True,
+        trust_remote_code: bool = False,
     ) -> EchoEncoder:
         """Load a model by registry name, local folder or hub id.
 
@@ -112,15 +113,18 @@ class EchoEncoder(nn.Module):
         records (an export from training carries its templates and pooling), else
         echo + mean. ``max_length`` (prompt tokens), left out, takes the folder's, else
         :data:`DEFAULT_MAX_LENGTH` (or the model's limit, if lower). ``dtype``: None = float32 weights with bf16 autocast; "float32" =
-        exact float32; "bfloat16"/"float16" = weights in that dtype.
-        Raises BadInputError on an unknown template set, pooling or dtype, and naming the model when
-        it is not a model folder or cannot be loaded (not on the hub, or no hub to ask).
+        exact float32; "bfloat16"/"float16" = weights in that dtype. Weights load from
+        safetensors only; ``trust_remote_code`` lets a model folder's own Python code run
+        (a model type transformers does not ship), never by default.
+        Raises BadInputError on an unknown template set, pooling or dtype, on pickle-only weights,
+        and naming the model when it is not a model folder or cannot be loaded (not on the hub,
+        or no hub to ask).
         """
         if dtype is not None and not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
             raise BadInputError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
         if pooling is not None:
             check_pooling(pooling)
-        path = resolve_model(name_or_path)
+        path = resolve_model(name_or_path, trust_remote_code)
         saved = _read_echo_config(path)
         if mode is not None:
             templates = get_template_set(mode, template_file)
@@ -134,10 +138,11 @@ class EchoEncoder(nn.Module):
 
         weight_dtype = DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
         autocast_dtype = torch.bfloat16 if dtype is None else None
-        load_model_config(name_or_path)  # a model that does not load is bad input, named in one line
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        load_model_config(name_or_path, trust_remote_code)  # a model that does not load is bad input, named in one line
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         # The base model without its LM head: an embedding never needs the vocabulary projection.
-        model = AutoModel.from_pretrained(path, dtype=weight_dtype)
+        model = AutoModel.from_pretrained(path, dtype=weight_dtype, use_safetensors=True,
+                                          trust_remote_code=trust_remote_code)
         if max_length is None:
             max_length = min(DEFAULT_MAX_LENGTH, getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH)
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -30,7 +30,7 @@ from transformers import AutoModel, AutoTokenizer
 from echo_base import BadInputError, atomic_folder
 from models import __version__
 from models.encoder import ECHO_CONFIG
-from models.lora import LoraConfig, apply_lora, load_trainable_state
+from models.lora import LoraConfig, apply_lora, check_finite_weights, load_trainable_state
 from models.registry import resolve_model
 from models.templates import template_set_from_dict
 from models.zero3 import outside_zero3
@@ -183,12 +183,20 @@ def _sentence_transformers_files() -> dict[str, object]:
     }
 
 
-def export_merged(spec: dict, adapter_state: dict[str, torch.Tensor], out_dir: Path, card: str | None = None) -> Path:
-    """Rebuild base + adapters on CPU in float32, load ``adapter_state``, merge, save atomically to ``out_dir``."""
-    base_path = resolve_model(spec["base_model"])
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
+def export_merged(spec: dict, adapter_state: dict[str, torch.Tensor], out_dir: Path, card: str | None = None, *,
+                  trust_remote_code: bool = False) -> Path:
+    """Rebuild base + adapters on CPU in float32, load ``adapter_state``, merge, save atomically to ``out_dir``.
+
+    ``trust_remote_code`` lets the base model folder's own code run (model.trust_remote_code).
+    Raises NonFiniteError naming the weight, before anything is written, when an adapter
+    weight is not finite; StorageError naming the path when the storage refuses a write.
+    """
+    check_finite_weights(adapter_state, f"export {out_dir}")
+    base_path = resolve_model(spec["base_model"], trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
     with outside_zero3():  # the main process exports alone
-        model = AutoModel.from_pretrained(base_path, dtype=torch.float32)
+        model = AutoModel.from_pretrained(base_path, dtype=torch.float32, use_safetensors=True,
+                                          trust_remote_code=trust_remote_code)
         peft_model = apply_lora(model, LoraConfig.model_validate(spec["lora"]), tokenizer.eos_token_id)
     load_trainable_state(peft_model, adapter_state, source=str(out_dir))
     merged = peft_model.merge_and_unload()
@@ -205,7 +213,7 @@ def export_merged(spec: dict, adapter_state: dict[str, torch.Tensor], out_dir: P
     return Path(out_dir)
 
 
-def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
+def export_checkpoint(checkpoint_dir: Path, out_dir: Path, *, trust_remote_code: bool = False) -> Path:
     """Export a training checkpoint folder (it holds adapter.safetensors and export_spec.json).
 
     Raises BadInputError when the folder is not a checkpoint.
@@ -217,17 +225,20 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
     spec = json.loads((checkpoint_dir / EXPORT_SPEC_FILE).read_text())
     card_file = checkpoint_dir / MODEL_CARD_FILE
     card = card_file.read_text() if card_file.is_file() else None
-    return export_merged(spec, load_file(checkpoint_dir / ADAPTER_FILE), out_dir, card)
+    return export_merged(spec, load_file(checkpoint_dir / ADAPTER_FILE), out_dir, card,
+                         trust_remote_code=trust_remote_code)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m models.export", description="Merge a training checkpoint into a standalone export.")
     parser.add_argument("checkpoint", type=Path, help="a checkpoints/step-N folder")
     parser.add_argument("--out", type=Path, default=None, help="export folder (default: <run>/export-step-N)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the base model folder's own Python code run (as model.trust_remote_code in training)")
     args = parser.parse_args(argv)
     out = args.out or args.checkpoint.parent.parent / f"export-{args.checkpoint.name}"
     try:
-        path = export_checkpoint(args.checkpoint, out)
+        path = export_checkpoint(args.checkpoint, out, trust_remote_code=args.trust_remote_code)
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

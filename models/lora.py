@@ -15,7 +15,7 @@ from peft import PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
 from transformers import PreTrainedModel
 
-from echo_base import BadInputError, shown
+from echo_base import BadInputError, NonFiniteError, shown
 from models.zero3 import is_zero3_partitioned
 
 
@@ -116,6 +116,18 @@ def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters([param for _, param in named], modifier_rank=None):
             return {name: param.detach().to("cpu", copy=True) for name, param in named}
     return {name: param.detach().to("cpu", copy=True) for name, param in named}
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], what: str) -> None:
+    """Raise NonFiniteError naming the first weight in ``state`` that holds a NaN or an infinity.
+
+    Every save of trainable weights (checkpoint, export) calls this first, so none ever
+    holds a non-finite weight; ``what`` names the save in the message.
+    """
+    for name, weight in state.items():
+        if not torch.isfinite(weight).all():
+            raise NonFiniteError(f"{what}: refused: weight {name} holds non-finite values "
+                                 f"({int((~torch.isfinite(weight)).sum())} of {weight.numel()})")
 
 
 def load_trainable_state(model: PeftModel, state: dict[str, torch.Tensor], source: str) -> None:

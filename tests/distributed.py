@@ -53,7 +53,8 @@ def run_in_processes(
 ) -> list[Any]:
     """Call `fn(rank, world_size, *args)` in `world_size` spawned gloo processes; return their results by rank.
 
-    Results travel back through `torch.save`, so they may hold tensors. Raises the child's
+    Results travel back through `torch.save` (read with ``weights_only=True``), so they may hold tensors and plain
+    containers and numbers, no other objects. Raises the child's
     exception (torch.multiprocessing.ProcessRaisedException) if any process fails, and
     TimeoutError (after terminating the processes) if they do not finish in `timeout_s`.
     """
@@ -71,4 +72,4 @@ def run_in_processes(
                 for process in context.processes:
                     process.terminate()
                 raise TimeoutError(f"{fn.__name__} did not finish in {world_size} processes within {timeout_s} s")
-        return [torch.load(Path(result_dir) / f"rank{rank}.pt", weights_only=False) for rank in range(world_size)]
+        return [torch.load(Path(result_dir) / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]

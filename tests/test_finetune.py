@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
 import train.finetune as finetune
@@ -20,30 +19,15 @@ from echo_base import staging_folder
 from evaluation.tasks import evaluate_task, resolve_tasks
 from models.lora import LoraConfig, apply_lora, load_trainable_state
 from train.checkpoint import Checkpointer
-from tests.tiny_models import write_tiny_dataset
+from tests.tiny_models import tiny_run_config
 
 PROBE_TEXTS = ["the fox crossed the river", "snow on the mountain", "a bird in the tree"]
 
 
 @pytest.fixture()
 def run_config(tmp_path, tiny_model_dir):
-    """A config for a 4-step run on two small datasets; returns (path, overrides-dict-writer)."""
-    write_tiny_dataset(tmp_path / "a.jsonl", 24, seed=1)
-    write_tiny_dataset(tmp_path / "b.jsonl", 24, seed=2)
-    config = {
-        "output_dir": str(tmp_path / "run"),
-        "model": {"name": str(tiny_model_dir), "max_length": 48, "precision": "fp32"},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
-        "data": {"mix": None, "dev": None, "datasets": [
-            {"name": "a", "path": str(tmp_path / "a.jsonl")},
-            {"name": "b", "path": str(tmp_path / "b.jsonl")},
-        ]},
-        "train": {"max_steps": 4, "batch_size": 4, "chunk_size": 3, "lr": 5e-3, "warmup_steps": 1},
-        "wandb": {"mode": "disabled"},
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """A config for a 4-step run on two small datasets (tests.tiny_models.tiny_run_config)."""
+    return tiny_run_config(tmp_path, tiny_model_dir)
 
 
 def _losses(run_dir: Path) -> dict[int, float]:

@@ -13,6 +13,7 @@ import random
 from pathlib import Path
 
 import torch
+import yaml
 from tokenizers import SentencePieceBPETokenizer, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
@@ -82,4 +83,26 @@ def write_tiny_dataset(path: Path, rows: int, seed: int) -> Path:
             row = {"query": query, "positive": query + " " + rng.choice(WORDS),
                    "negatives": [" ".join(rng.choices(WORDS, k=5))], "instruction": "Find the matching text"}
             handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def tiny_run_config(folder: Path, model_dir: Path, **train: object) -> Path:
+    """``folder/config.yaml``: a 4-step run of the tiny model at ``model_dir`` on two 24-row datasets
+    (``a``, ``b``, written beside it) into ``folder/run``, float32, GradCache chunks of 3; ``train``
+    keys override the train section."""
+    write_tiny_dataset(folder / "a.jsonl", 24, seed=1)
+    write_tiny_dataset(folder / "b.jsonl", 24, seed=2)
+    config = {
+        "output_dir": str(folder / "run"),
+        "model": {"name": str(model_dir), "max_length": 48, "precision": "fp32"},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "data": {"mix": None, "dev": None, "datasets": [
+            {"name": "a", "path": str(folder / "a.jsonl")},
+            {"name": "b", "path": str(folder / "b.jsonl")},
+        ]},
+        "train": {"max_steps": 4, "batch_size": 4, "chunk_size": 3, "lr": 5e-3, "warmup_steps": 1, **train},
+        "wandb": {"mode": "disabled"},
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
     return path

@@ -30,6 +30,9 @@ class ContrastiveBatch:
     documents: list[PromptIds]
     query_keys: torch.Tensor  # [queries] int64 text_key of each query text
     document_keys: torch.Tensor  # [documents] int64 text_key of each document text
+    # The examples of the whole contrastive batch (all processes) as indices into the training
+    # data, so a message about the batch can name its rows; () when built outside training.
+    rows: tuple[int, ...] = ()
 
     @property
     def num_tokens(self) -> int:

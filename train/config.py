@@ -45,6 +45,7 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     precision: Literal["bf16", "fp32"] = Field("bf16", description="bf16: frozen base weights stored in bf16, matmuls under bf16 autocast, LoRA weights and optimizer state in float32. fp32: all float32.")
     packing: bool = Field(True, description="Padding-free forwards: each forward packs its prompts into one row (models/packing.py), so no pad token is computed. false: pad.")
+    trust_remote_code: bool = Field(False, description="Let the model folder's own Python code run (a model type transformers does not ship); the base model and the export load with it. Off: only code installed with transformers runs. Weights load from safetensors only either way.")
 
 
 class DatasetSpec(_Section):
@@ -79,9 +80,12 @@ class TrainConfig(_Section):
     temperature: float = Field(0.02, gt=0, description="InfoNCE temperature (the paper's scale 50).")
     symmetric_loss: bool = Field(False, description="Add the document->query InfoNCE term (each positive scored against all queries).")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (None = only at the end).")
+    keep_checkpoints: int | None = Field(None, ge=1, description="Keep only the newest N checkpoints: after each save the oldest beyond N are deleted, never before the new one is complete. None = keep all.")
     resume: str = Field("auto", description="'auto' (latest checkpoint in output_dir, if any), 'none' (start at step 0; refused when output_dir already holds checkpoints, which a fresh run would mix with its own), 'overwrite' (start at step 0 after deleting output_dir's checkpoints and log), or a checkpoint path.")
     eval_every: int | None = Field(None, ge=1, description="Dev evaluation every N steps (None = before and after training only).")
     log_every: int = Field(1, ge=1, description="Log loss and throughput every N steps.")
+    on_nonfinite: Literal["skip", "stop"] = Field("skip", description="A step whose loss or gradient is NaN or infinite is never applied. skip: its batch is consumed, the weights, optimizer state and lr schedule stay as they were, a warning names the step, dataset and rows; stop: the run ends with that line (exit code 2).")
+    max_nonfinite_skips: int = Field(10, ge=0, description="With on_nonfinite=skip: this many non-finite steps in a row are skipped; one more stops the run.")
 
 
 class WandbConfig(_Section):

@@ -24,7 +24,7 @@ from peft import PeftModel
 from transformers import get_scheduler
 
 from data.sampler import SingleDatasetBatchSampler
-from echo_base import command_status
+from echo_base import BadInputError, atomic_file, command_status, storage_errors
 from evaluation.tasks import evaluate_task
 from models import EchoEncoder
 from models.export import MODEL_CARD_FILE, export_merged, export_spec, model_card
@@ -36,8 +36,8 @@ from train.config import RunConfig, config_to_yaml
 from train.loss import InfoNCELoss
 from train.preflight import parse_args, read_run_inputs
 from train.run_folder import lock_run_folder, release_run_folder
-from train.step import TrainingStep
-from train.tracking import RunLogger, run_dir
+from train.step import NonFiniteGuard, TrainingStep
+from train.tracking import RunLogger, close_progress_bars, run_dir
 from train.training_data import ContrastiveBatches
 
 
@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> Path:
         print(config_to_yaml(config) + describe_run(config, accelerator, data.examples, sampler))
     encoder, model = build_model(config, accelerator)
     if accelerator.is_main_process:
-        lock_run_folder(output_dir)  # held to the end of the run: a second run on this folder is refused
-        if config.train.resume == "overwrite":
-            discard_earlier_run(output_dir)
-        (output_dir / "config.yaml").write_text(config_to_yaml(config))
+        with storage_errors(output_dir):  # a read-only or full output folder: one line, not a traceback
+            lock_run_folder(output_dir)  # held to the end of the run: a second run on this folder is refused
+            if config.train.resume == "overwrite":
+                discard_earlier_run(output_dir)
+            (output_dir / "config.yaml").write_text(config_to_yaml(config))
     spec = export_spec(config.model.name, config.lora, encoder.echo_config())
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.train.lr,
                                   weight_decay=config.train.weight_decay)
@@ -76,16 +77,19 @@ def main(argv: list[str] | None = None) -> Path:
     batches = ContrastiveBatches(data, sampler, encoder.tokenize, config.data.num_negatives,
                                  accelerator.process_index, accelerator.num_processes)
     checkpoints = Checkpointer(accelerator, model, output_dir, export_spec=spec, config_yaml=config_to_yaml(config),
-                               sampler=sampler)
+                               sampler=sampler, keep=config.train.keep_checkpoints)
     start_step = checkpoints.resume(config.train.resume)
     logger = RunLogger(accelerator.is_main_process, output_dir, config.wandb.model_dump(), config.model_dump(mode="json"),
                        config.train.max_steps, start_step, config.train.log_every, accelerator.device)
+    nonfinite = NonFiniteGuard(config.train.on_nonfinite, config.train.max_nonfinite_skips, data.describe_rows,
+                               warn=logger.warn)
     if start_step == 0:
         logger.log(0, evaluate_dev(encoder, data.dev, config.data.dev_max_queries))
 
     model.train()
     for step_number in range(start_step + 1, config.train.max_steps + 1):
         result = step(batches)
+        nonfinite(step_number, result)  # raises NonFiniteError when the run must stop
         last = step_number == config.train.max_steps
         dev_metrics = {}
         if config.train.eval_every and step_number % config.train.eval_every == 0 and not last:
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> Path:
     if config.export.enabled:
         card = model_card(spec, final_metrics, config_to_yaml(config), steps=config.train.max_steps,
                           training_data=data.sources, dimensions=accelerator.unwrap_model(model).config.hidden_size)
-        export_dir = export_run(accelerator, model, spec, card, final_checkpoint, output_dir / "export")
+        export_dir = export_run(accelerator, model, spec, card, final_checkpoint, output_dir / "export",
+                                trust_remote_code=config.model.trust_remote_code)
     elif accelerator.is_main_process:
         print(f"export: {final_checkpoint}")  # export.enabled=false: the final checkpoint stands in
     logger.close(export_dir)  # after the export: wandb.log_model references it
@@ -133,7 +138,8 @@ def build_model(config: RunConfig, accelerator: Accelerator) -> tuple[EchoEncode
         encoder = EchoEncoder.from_pretrained(config.model.name, mode=config.model.template_set,
                                               pooling=config.model.pooling, max_length=config.model.max_length,
                                               dtype="float32", template_file=config.model.template_file,
-                                              device=accelerator.device, packing=config.model.packing)
+                                              device=accelerator.device, packing=config.model.packing,
+                                              trust_remote_code=config.model.trust_remote_code)
         encoder.autocast_dtype = torch.bfloat16 if bf16 else None
         model = apply_lora(encoder.model, config.lora, encoder.tokenizer.eos_token_id)
         if bf16:
@@ -163,20 +169,30 @@ def evaluate_final(encoder: EchoEncoder, dev: Path | None, tasks: dict[str, Path
     return metrics
 
 
-def export_run(accelerator: Accelerator, model, spec: dict, card: str, checkpoint: Path, export_dir: Path) -> Path:
+def export_run(accelerator: Accelerator, model, spec: dict, card: str, checkpoint: Path, export_dir: Path, *,
+               trust_remote_code: bool = False) -> Path:
     """Merge the trained adapters into the base model and save the export (main process; all must call)."""
     adapter = trainable_state_dict(accelerator.unwrap_model(model))  # collective under ZeRO-3
     if accelerator.is_main_process:
-        (checkpoint / MODEL_CARD_FILE).write_text(card)
-        export_merged(spec, adapter, export_dir, card)
+        with atomic_file(checkpoint / MODEL_CARD_FILE) as staging:  # into a published checkpoint: whole or not at all
+            staging.write_text(card)
+        export_merged(spec, adapter, export_dir, card, trust_remote_code=trust_remote_code)
         print(f"export: {export_dir}")
     accelerator.wait_for_everyone()
     return export_dir
 
 
+def _main_closing_progress_bars(argv: list[str] | None) -> None:
+    try:
+        main(argv)
+    except BadInputError:
+        close_progress_bars()  # a run stopped mid-way (a non-finite step, a full disk): its bar ends its line first
+        raise
+
+
 def cli(argv: list[str] | None = None) -> int:
     """Entry point: bad configs, arguments and data end in one line on stderr, exit code 2 (any other error keeps its traceback)."""
-    status = command_status(lambda: main(argv))
+    status = command_status(lambda: _main_closing_progress_bars(argv))
     if status == 0 and torch.distributed.is_initialized():
         # A finished multi-process run can still abort in C++ destructors at interpreter exit
         # ("terminate called without an active exception" on a ZeRO-3 rank, intermittently, after

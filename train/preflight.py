@@ -79,7 +79,7 @@ def read_run_inputs(config: RunConfig, num_processes: int, *, main_process: bool
         check_run_folder(output_dir)
     resolve_resume(config.train.resume, output_dir)
     with config_key("model.name"):
-        skeleton = model_skeleton(config.model.name)
+        skeleton = model_skeleton(config.model.name, config.model.trust_remote_code)
     check_lora(config.lora, skeleton)
     data = load_training_data(config.data)
     if data.dev is not None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from evaluation.report import plot_training
+
+# The progress bars of this process's runs, so that a run ending in an error can finish its bar first.
+_progress_bars: weakref.WeakSet = weakref.WeakSet()
 
 if TYPE_CHECKING:
     import wandb
@@ -89,6 +94,7 @@ class RunLogger:
                                   group=wandb_settings["group"], tags=wandb_settings["tags"], config=config,
                                   dir=str(output_dir), mode=mode, reinit="finish_previous")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        _progress_bars.add(self.bar)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled or not metrics:
@@ -118,6 +124,11 @@ class RunLogger:
             self.bar.set_postfix({key: f"{value:.4g}" for key, value in postfix.items()}, refresh=False)
             self.bar.update(1)
 
+    def warn(self, message: str) -> None:
+        """Print ``warning: <message>`` as a line of its own above the progress bar (main process only)."""
+        if self.enabled:
+            tqdm.write(f"warning: {message}", file=sys.stderr)
+
     def close(self, export_dir: Path) -> None:
         """End the run: draw the whole log (earlier sessions of a resumed run too) into training.png,
         log ``export_dir`` (the run's model) as an artifact when ``wandb.log_model`` is set, finish wandb."""
@@ -133,3 +144,9 @@ class RunLogger:
                 # Named by the run id: a run name may hold characters an artifact name may not.
                 self.run.log_artifact(model_artifact(export_dir, f"model-{self.run.id}"))
             self.run.finish()
+
+
+def close_progress_bars() -> None:
+    """Finish every progress bar still drawn, so that the error line of a stopped run starts a line of its own."""
+    for bar in list(_progress_bars):
+        bar.close()

@@ -9,8 +9,9 @@ collated into prompts.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from bisect import bisect_right
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from data.formats import TrainingExample, read_examples
@@ -22,13 +23,26 @@ from train.config import DataConfig, DatasetSpec
 
 @dataclass(frozen=True)
 class TrainingData:
-    """All training examples, which datasets are symmetric, the dev task folder (if any), and
-    where each dataset came from: (dataset, source, licence) rows for the model card."""
+    """All training examples, which datasets are symmetric, the dev task folder (if any),
+    where each dataset came from: (dataset, source, licence) rows for the model card, and
+    which file each example was read from: (index of its first example, path) per file."""
 
     examples: list[TrainingExample]
     symmetric_datasets: frozenset[str]
     dev: Path | None
     sources: tuple[tuple[str, str, str], ...]
+    files: tuple[tuple[int, str], ...] = ()
+
+    def describe_rows(self, rows: Sequence[int]) -> str:
+        """Where the examples ``rows`` (indices into ``examples``) came from: their dataset, file and line numbers."""
+        starts = [start for start, _ in self.files]
+        lines_by_file: dict[str, set[int]] = {}
+        for row in rows:
+            path = self.files[bisect_right(starts, row) - 1][1] if self.files else "?"
+            lines_by_file.setdefault(path, set()).add(self.examples[row].line)
+        datasets = sorted({self.examples[row].dataset for row in rows})
+        places = "; ".join(f"{path} lines {', '.join(map(str, sorted(lines)))}" for path, lines in lines_by_file.items())
+        return f"dataset {', '.join(datasets)}: {places}"
 
 
 def load_training_data(config: DataConfig) -> TrainingData:
@@ -43,13 +57,15 @@ def load_training_data(config: DataConfig) -> TrainingData:
     if config.dev not in (None, "auto"):
         dev = Path(config.dev)
     examples: list[TrainingExample] = []
+    files: list[tuple[int, str]] = []
     for spec in specs:
         rows = read_examples(spec.path, spec.format, dataset=spec.name, instruction=spec.instruction,
                              num_negatives=config.num_negatives)
+        files.append((len(examples), spec.path))
         examples += rows[: spec.max_examples]
     sources = tuple((spec.name, recorded[spec.name]["source"], recorded[spec.name]["license"]) if spec.name in recorded
                     else (spec.name, spec.path, "not recorded") for spec in specs)
-    return TrainingData(examples, frozenset(spec.name for spec in specs if spec.symmetric), dev, sources)
+    return TrainingData(examples, frozenset(spec.name for spec in specs if spec.symmetric), dev, sources, tuple(files))
 
 
 class ContrastiveBatches:
@@ -72,9 +88,10 @@ class ContrastiveBatches:
         return [self._next() for _ in range(micro_batches)]
 
     def _next(self) -> ContrastiveBatch:
-        examples = [self.data.examples[i] for i in shard(next(self._global_batches), self.rank, self.world_size)]
+        rows = next(self._global_batches)
+        examples = [self.data.examples[i] for i in shard(rows, self.rank, self.world_size)]
         symmetric = examples[0].dataset in self.data.symmetric_datasets
-        return collate_examples(examples, self.tokenize, self.num_negatives, symmetric)
+        return replace(collate_examples(examples, self.tokenize, self.num_negatives, symmetric), rows=tuple(rows))
 
     def _endless(self) -> Iterator[list[int]]:
         while True:  # one epoch per pass; the sampler moves itself to the next epoch

@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from echo_base import BadInputError, atomic_folder, cache_dir
+from echo_base import BadInputError, atomic_folder, cache_dir, recover_folder
 
 
 def pip_archive(package: str, version: str) -> Path:
@@ -128,7 +128,7 @@ def _run_download(key: str, argv: list[str], cwd: Path | None) -> None:
 
 
 def _cached_download(key: str, command: list[str], cwd_is_dest: bool = False) -> Path:
-    folder = cache_dir("downloads") / key
+    folder = recover_folder(cache_dir("downloads") / key)
     if folder.is_dir():
         files = sorted(folder.iterdir())
         if len(files) == 1:
