@@ -148,7 +148,7 @@ def test_a_models_own_code_runs_only_when_the_config_opts_in(tiny_model_dir, tmp
     stderr = capsys.readouterr().err
     assert "Traceback" not in stderr
     assert stderr.rstrip().splitlines()[-1].startswith(
-        f"error: {folder / 'config.json'}: refused: loading this model runs its own code")
+        f"error: model.name: {folder / 'config.json'}: refused: loading this model runs its own code")
     assert not marker.exists()
 
     export = finetune.main(["--config", str(config), "model.trust_remote_code=true"])
