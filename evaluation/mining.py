@@ -1,6 +1,7 @@
 """How often hard-negative mining returns false negatives: planted ones, with and without the filter.
 
-    python -m evaluation.mining --model smollm2-135m-instruct [--examples 300] [--ranks 1:30,10:100] [--negatives 7]
+    python -m evaluation.mining --model smollm2-135m-instruct [--examples 300] [--distractors 1500] \\
+        [--ranks 1:30,10:100] [--negatives 7]
 
 The planted set: WordNet usage example -> definition rows, each with three false negatives
 planted in the candidate pool beside other rows' definitions (:func:`plant_false_negatives`,
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m evaluation.mining", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct", help="the model that ranks (default: %(default)s)")
     parser.add_argument("--examples", type=positive_int, default=300, help="planted rows (default: 300)")
+    parser.add_argument("--distractors", type=positive_int, default=1500,
+                        help="other usage rows whose definitions join the pool (default: 1500)")
     parser.add_argument("--ranks", default="1:30,10:100", help="rank windows FIRST:LAST, comma-separated")
     parser.add_argument("--negatives", type=positive_int, default=7, help="negatives per row (default: 7)")
     parser.add_argument("--margin", type=float, default=MiningRule.margin)
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                      for first, _, last in windows]
         except ValueError as error:
             raise BadInputError(f"--ranks/--margin/--near-duplicate: {error}") from None
-        planted_set = wordnet_planted_set(args.examples)
+        planted_set = wordnet_planted_set(args.examples, args.distractors)
         encoder = EchoEncoder.from_pretrained(args.model)
     except BadInputError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 
+import evaluation.mining
 from data.formats import TrainingExample, read_examples
 from data.hard_negatives import MiningRule, mine_hard_negatives, near_duplicate_similarity, normalized_text
 from data.mine import main
@@ -209,3 +210,21 @@ def test_an_output_in_a_missing_folder_or_over_the_input_is_refused(tmp_path, ca
     assert main(["--input", str(source), "--out", str(source)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "is not an existing folder" in err[0] and "is the input file" in err[1]
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_the_measurement_command_prints_a_row_per_window_and_filter(tiny_model_dir, monkeypatch, capsys):
+    planted_set, _ = _planted_synthetic_set()
+    requested = []
+    monkeypatch.setattr(evaluation.mining, "wordnet_planted_set",
+                        lambda count, distractors: requested.append((count, distractors)) or planted_set)
+    assert evaluation.mining.main(["--model", str(tiny_model_dir), "--examples", "20", "--distractors", "5",
+                                   "--ranks", "1:10,3:20", "--negatives", "2"]) == 0
+    assert requested == [(20, 5)]
+    table = capsys.readouterr().out.splitlines()
+    rows = [line for line in table if line.startswith("| 1:10") or line.startswith("| 3:20")]
+    assert [row.split(" | ")[:2] for row in rows] == [["| 1:10", "on"], ["| 1:10", "off"], ["| 3:20", "on"],
+                                                       ["| 3:20", "off"]]
+    assert all(row.split(" | ")[2] == "40" for row in rows if "off" in row)  # 20 rows x 2 negatives, unfiltered
+    assert evaluation.mining.main(["--model", str(tiny_model_dir), "--ranks", "5:1"]) == 2
+    assert capsys.readouterr().err.strip().endswith("ranks must satisfy 1 <= first <= last, got 5:1")
