@@ -96,6 +96,30 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise _DuplicateKey(str(key), key_node.start_mark.line + 1)
             seen.append(key)
         return super().construct_mapping(node, deep)
+def read_text_records(path: str | Path) -> list[dict[str, Any]]:
+    """The texts of a .txt file (one a line) or a .jsonl file (a ``text`` field a row) as ``{"text"}`` records,
+    plus ``"id"`` where a row has one, in file order.
+
+    Raises BadInputError naming the file, and the line where there is one, when the file
+    cannot be read, is not UTF-8, has an empty line (.txt) or a bad row (.jsonl), or holds
+    no text.
+    """
+    records = []
+    if Path(path).suffix == ".txt":
+        for line_number, line in iter_lines(path):
+            # Every line is one text (one output row), so an empty line is a missing text, not a separator.
+            if not line.strip():
+                raise BadInputError(f"{path}:{line_number}: empty line (every line is one text)")
+            records.append({"text": line})
+    else:
+        for line_number, row in iter_jsonl(path):
+            text = row.get("text")
+            if not isinstance(text, str) or not text.strip():
+                raise BadInputError(f"{path}:{line_number}: 'text' must be a non-empty string")
+            records.append({"id": row["id"], "text": text} if "id" in row else {"text": text})
+    if not records:
+        raise BadInputError(f"{path}: no texts")
+    return records
 
 
 def read_yaml_mapping(path: str | Path, what: str, error: type[BadInputError] = BadInputError) -> dict[str, Any]:

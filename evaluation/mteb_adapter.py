@@ -8,6 +8,8 @@ by task name, the E5-style query prompt mteb's task metadata carries (mteb copie
 per-task instructions there), then :data:`TYPE_INSTRUCTIONS` by task type.
 Results land in mteb's own format under ``<out>/results/<model>/<revision>/<mode,pooling>/``
 (``mode`` there is the template set's old name, kept so earlier results stay side by side).
+``dim`` (``--dim``) scores the first N dimensions of each embedding, re-normalised
+(``EchoEncoder.encode(..., dim=N)``, for Matryoshka models); the folder then names it too.
 
     python -m evaluation.mteb_adapter --model smollm2-135m-instruct --template-set echo --pooling mean \\
         --tasks STS12,SciFact --out results/mteb        # or --benchmark "MTEB(eng, v1)"
@@ -75,21 +77,24 @@ def task_instruction(task_metadata: TaskMetadata, overrides: dict[str, str] | No
 class MTEBEchoEncoder(AbsEncoder):
     """mteb's encoder protocol over an EchoEncoder (anything with ``encode(texts, kind, instruction, batch_size)``)."""
 
-    def __init__(self, encoder: Any, model_name: str, instruction_overrides: dict[str, str] | None = None) -> None:
+    def __init__(self, encoder: Any, model_name: str, instruction_overrides: dict[str, str] | None = None,
+                 dim: int | None = None) -> None:
         self.model = encoder
         self.instruction_overrides = instruction_overrides or {}
+        self.dim = dim
         hidden_size = getattr(getattr(getattr(encoder, "model", None), "config", None), "hidden_size", None)
+        # These name the result folders of one model's settings; the template set keeps its
+        # old key "mode" there so results written before the rename stay comparable.
+        settings = {"mode": encoder.template_set, "pooling": encoder.pooling, **({"dim": dim} if dim else {})}
         self.mteb_model_meta = ModelMeta.create_empty(
             {
                 "name": f"echo-embeddings/{Path(model_name.rstrip('/')).name}",
                 "revision": "local",
-                "embed_dim": hidden_size,
+                "embed_dim": dim or hidden_size,
                 "similarity_fn_name": ScoringFunction.COSINE,
                 "use_instructions": True,
                 "framework": ["PyTorch"],
-                # These name the result folders of one model's settings; the template set keeps its
-                # old key "mode" there so results written before the rename stay comparable.
-                "experiment_kwargs": {"mode": encoder.template_set, "pooling": encoder.pooling},
+                "experiment_kwargs": settings,
             }
         )
 
@@ -109,14 +114,18 @@ class MTEBEchoEncoder(AbsEncoder):
             kind, instruction = "document", None
         else:
             kind, instruction = "query", task_instruction(task_metadata, self.instruction_overrides)
-        return self.model.encode(texts, kind=kind, instruction=instruction, batch_size=kwargs.get("batch_size", 32))
+        width = {"dim": self.dim} if self.dim else {}  # an encoder without Matryoshka needs no dim argument
+        return self.model.encode(texts, kind=kind, instruction=instruction, batch_size=kwargs.get("batch_size", 32),
+                                 **width)
 
 
-def run_mteb(encoder: Any, model_name: str, tasks: list, out_dir: Path, batch_size: int = 32) -> list:
-    """Evaluate ``encoder`` on mteb ``tasks``; results are written in mteb's format under ``out_dir``."""
+def run_mteb(encoder: Any, model_name: str, tasks: list, out_dir: Path, batch_size: int = 32,
+             dim: int | None = None) -> list:
+    """Evaluate ``encoder`` (at the first ``dim`` dimensions, if given) on mteb ``tasks``; results are
+    written in mteb's format under ``out_dir``."""
     import mteb
 
-    wrapped = MTEBEchoEncoder(encoder, model_name)
+    wrapped = MTEBEchoEncoder(encoder, model_name, dim=dim)
     result = mteb.evaluate(
         wrapped,
         tasks,
@@ -143,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--benchmark", help='an mteb benchmark name, e.g. "MTEB(eng, v1)"')
     parser.add_argument("--out", default="results/mteb")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--dim", type=int, help="score the first N dimensions, re-normalised (Matryoshka; default: all)")
     args = parser.parse_args(argv)
     try:
         if args.tasks:
@@ -153,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    for task_result in run_mteb(encoder, args.model, list(tasks), Path(args.out), args.batch_size):
+    if args.dim is not None and not 1 <= args.dim <= encoder.model.config.hidden_size:
+        print(f"error: --dim {args.dim}: expected a width in 1..{encoder.model.config.hidden_size}", file=sys.stderr)
+        return 2
+    for task_result in run_mteb(encoder, args.model, list(tasks), Path(args.out), args.batch_size, args.dim):
         print(f"{task_result.task_name}: main score {task_result.get_score():.4f}")
     return 0
 

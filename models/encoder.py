@@ -41,6 +41,10 @@ class EchoEncoder(nn.Module):
     ``packing`` (default) runs every forward padding-free (:mod:`models.packing`): the
     batch's prompts back to back in one row, so no pad token is computed. It switches the
     model's attention to one that keeps each prompt to itself; ``packing=False`` pads.
+
+    ``matryoshka_dims`` records the prefix widths a model was trained at (``train.matryoshka_dims``;
+    an export's ``echo_config.json`` carries them): ``encode(..., dim=N)`` gives the first N
+    dimensions re-normalised, for any N up to the width, trained at or not.
     """
 
     def __init__(
@@ -52,11 +56,19 @@ class EchoEncoder(nn.Module):
         max_length: int | None = None,
         autocast_dtype: torch.dtype | None = None,
         packing: bool = True,
+        matryoshka_dims: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         check_pooling(pooling)
         if max_length is not None and (not isinstance(max_length, int) or max_length < 8):
             raise BadInputError(f"max_length must be an integer >= 8 or None, got {max_length!r}")
+        if matryoshka_dims is not None:
+            width = model.config.hidden_size
+            if not all(isinstance(dim, int) and 1 <= dim <= width for dim in matryoshka_dims):
+                raise BadInputError(f"matryoshka_dims {list(matryoshka_dims)} must be widths in 1..{width}, "
+                                    "the model's embedding width")
+            matryoshka_dims = tuple(sorted(set(matryoshka_dims)))
+        self.matryoshka_dims = matryoshka_dims
         self.model = model
         self.tokenizer = tokenizer
         self.templates = templates
@@ -106,6 +118,7 @@ class EchoEncoder(nn.Module):
         device: str | torch.device | None = None,
         packing: bool = True,
         trust_remote_code: bool = False,
+        matryoshka_dims: Sequence[int] | None = None,
     ) -> EchoEncoder:
         """Load a model by registry name, local folder or hub id.
 
@@ -115,10 +128,11 @@ class EchoEncoder(nn.Module):
         :data:`DEFAULT_MAX_LENGTH` (or the model's limit, if lower). ``dtype``: None = float32 weights with bf16 autocast; "float32" =
         exact float32; "bfloat16"/"float16" = weights in that dtype. Weights load from
         safetensors only; ``trust_remote_code`` lets a model folder's own Python code run
-        (a model type transformers does not ship), never by default.
+        (a model type transformers does not ship), never by default. ``matryoshka_dims``, left
+        out, takes the folder's (the widths an export was trained at), else none.
         Raises BadInputError on an unknown template set, pooling or dtype, on pickle-only weights,
-        and naming the model when it is not a model folder or cannot be loaded (not on the hub,
-        or no hub to ask).
+        on dims beyond the width, and naming the model when it is not a model folder or cannot be
+        loaded (not on the hub, or no hub to ask).
         """
         if dtype is not None and not isinstance(dtype, torch.dtype) and dtype not in DTYPES:
             raise BadInputError(f"dtype must be one of {sorted(DTYPES)} or None, got {dtype!r}")
@@ -135,6 +149,8 @@ class EchoEncoder(nn.Module):
         pooling = pooling or (saved["pooling"] if saved else "mean")
         if max_length is None:
             max_length = (saved or {}).get("max_length")
+        if matryoshka_dims is None:
+            matryoshka_dims = (saved or {}).get("matryoshka_dims")
 
         weight_dtype = DTYPES.get(dtype, dtype) if dtype is not None else torch.float32
         autocast_dtype = torch.bfloat16 if dtype is None else None
@@ -147,7 +163,7 @@ class EchoEncoder(nn.Module):
             max_length = min(DEFAULT_MAX_LENGTH, getattr(model.config, "max_position_embeddings", None) or DEFAULT_MAX_LENGTH)
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model.to(device).eval()
-        return cls(model, tokenizer, templates, pooling, max_length, autocast_dtype, packing)
+        return cls(model, tokenizer, templates, pooling, max_length, autocast_dtype, packing, matryoshka_dims)
 
     def with_templates(self, template_set: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
         """Another encoder over the same weights with a different template set and/or pooling."""
@@ -156,7 +172,7 @@ class EchoEncoder(nn.Module):
         else:
             templates = get_template_set(template_set) if template_set else self.templates
         return EchoEncoder(self.model, self.tokenizer, templates, pooling or self.pooling, self.max_length,
-                           self.autocast_dtype, self.packing)
+                           self.autocast_dtype, self.packing, self.matryoshka_dims)
 
     def with_mode(self, mode: str | TemplateSet | None = None, pooling: Pooling | None = None) -> EchoEncoder:
         """:meth:`with_templates` under its old name, kept for code written against 0.1."""
@@ -164,7 +180,9 @@ class EchoEncoder(nn.Module):
 
     def echo_config(self) -> dict:
         """What an export records so that ``from_pretrained`` rebuilds this encoder."""
-        return {"templates": self.templates.to_dict(), "pooling": self.pooling, "max_length": self.max_length}
+        dims = list(self.matryoshka_dims) if self.matryoshka_dims is not None else None
+        return {"templates": self.templates.to_dict(), "pooling": self.pooling, "max_length": self.max_length,
+                "matryoshka_dims": dims}
 
     # -- the embedding path ------------------------------------------------------------
     def tokenize(
@@ -205,18 +223,26 @@ class EchoEncoder(nn.Module):
         show_progress: bool | None = None,
         *,
         max_tokens: int | None = None,
+        dim: int | None = None,
     ) -> np.ndarray:
-        """Embed ``texts``: float32 numpy [len(texts), hidden], rows L2-normalized.
+        """Embed ``texts``: float32 numpy [len(texts), hidden] (or [len(texts), dim]), rows L2-normalized.
 
         ``instruction`` is one instruction for all texts or a list with one per text.
+
+        ``dim`` keeps the first ``dim`` dimensions of each embedding, re-normalised: what a model
+        trained with Matryoshka (``matryoshka_dims``) was trained to embed at those widths. Any
+        width from 1 to the full one is accepted; at widths it was not trained at, a model
+        embeds less well.
 
         Batches take the texts longest first; each holds at most ``batch_size`` texts and,
         given ``max_tokens``, at most that many tokens (real tokens when packing, else
         once padded: :func:`length_sorted_batches`). The result is in input order, and a text
         gets the same vector whatever the batching. The progress bar counts texts (shown
         by default beyond 8 batches). Raises ValueError on an empty list, a non-string or
-        empty item, an unknown kind or a bad batch size or token budget.
+        empty item, an unknown kind, a bad batch size or token budget, or a ``dim`` beyond the width.
         """
+        if dim is not None:
+            _check_positive_int("dim", dim)
         prompts = self.tokenize(texts, kind, instruction)
         batches = length_sorted_batches([len(prompt) for prompt in prompts], batch_size, max_tokens,
                                         packed=self.packing)
@@ -234,7 +260,19 @@ class EchoEncoder(nn.Module):
         vectors = np.empty((len(prompts), blocks[0][1].shape[1]), dtype=np.float32)
         for rows, block in blocks:
             vectors[rows] = block
-        return vectors
+        return vectors if dim is None else truncate_embeddings(vectors, dim)
+
+
+def truncate_embeddings(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """The first ``dim`` columns of unit-norm ``vectors``, each row re-normalised (a Matryoshka prefix).
+
+    Raises BadInputError when ``dim`` exceeds the width.
+    """
+    if dim > vectors.shape[1]:
+        raise BadInputError(f"dim={dim} exceeds the embedding width {vectors.shape[1]}")
+    prefix = vectors[:, :dim]
+    # The floor keeps an all-zero prefix zero, as torch's F.normalize does.
+    return (prefix / np.maximum(np.linalg.norm(prefix, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def length_sorted_batches(

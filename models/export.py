@@ -112,6 +112,10 @@ def _model_details(spec: dict, dimensions: int | None) -> str:
     ]
     if dimensions:
         lines.append(f"- **Output dimensionality:** {dimensions}")
+    if encoder.get("matryoshka_dims"):  # absent from checkpoints written before Matryoshka training
+        widths = ", ".join(str(dim) for dim in encoder["matryoshka_dims"])
+        lines.append(f"- **Matryoshka dimensions:** {widths} (trained; `encode(..., dim=N)` keeps the first N, "
+                     "re-normalised; with Sentence Transformers `truncate_dim=N` and `normalize_embeddings=True`)")
     lines += [
         "- **Similarity function:** cosine (the vectors are L2-normalized)",
         f"- **LoRA:** r={lora['r']}, alpha={lora['alpha']}, dropout={lora['dropout']}, "

@@ -19,6 +19,15 @@ carry the paper's exact wording (PAPER.md); users add their own in YAML::
       document: "Document: {text}\\nDocument again: {pooled_text}"
       default_instruction: "Retrieve semantically similar text"   # optional
       eos_for_last: true                                            # optional
+      compute_matched: false                                        # optional
+
+``compute_matched`` is the paper's compute-matched echo ("echo with half the input
+length"): the text copies share one text budget, so each copy holds only the first
+``ceil(n / copies)`` of the text's ``n`` tokens (and never more than ``max_length`` leaves
+each copy). An echo prompt then holds about as many tokens as the classical prompt of the
+whole text (the templates' own tokens and one token of rounding apart), so both cost about
+the same; the price is that the pooled copy sees only the first half of the text. A
+template with one text copy is unchanged by it.
 """
 
 from __future__ import annotations
@@ -97,6 +106,7 @@ class TemplateSet:
     document: Template
     default_instruction: str | None = None
     eos_for_last: bool = True
+    compute_matched: bool = False  # the copies share one text budget (module doc)
 
     def for_kind(self, kind: str) -> Template:
         if kind == "query":
@@ -113,12 +123,13 @@ class TemplateSet:
             "document": self.document.source,
             "default_instruction": self.default_instruction,
             "eos_for_last": self.eos_for_last,
+            "compute_matched": self.compute_matched,
         }
 
 
 def template_set_from_dict(name: str, spec: dict) -> TemplateSet:
     """Build a set from YAML/JSON data; raises BadInputError naming the set and the bad key."""
-    allowed = {"name", "query", "document", "default_instruction", "eos_for_last"}
+    allowed = {"name", "query", "document", "default_instruction", "eos_for_last", "compute_matched"}
     unknown = set(spec) - allowed
     if unknown:
         raise BadInputError(f"template set {name!r}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -129,23 +140,25 @@ def template_set_from_dict(name: str, spec: dict) -> TemplateSet:
         query, document = Template.parse(spec["query"]), Template.parse(spec["document"])
     except ValueError as error:
         raise BadInputError(f"template set {name!r}: {error}") from None
-    eos_for_last = spec.get("eos_for_last", True)
-    if not isinstance(eos_for_last, bool):
-        raise BadInputError(f"template set {name!r}: 'eos_for_last' must be true or false")
-    return TemplateSet(name, query, document, spec.get("default_instruction"), eos_for_last)
+    flags = {key: spec.get(key, default) for key, default in (("eos_for_last", True), ("compute_matched", False))}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            raise BadInputError(f"template set {name!r}: {key!r} must be true or false")
+    return TemplateSet(name, query, document, spec.get("default_instruction"), **flags)
 
 
 # The paper's wording (PAPER.md, "Prompts in the paper"). Zero-shot sets use the same
-# template for both sides; the fine-tuning sets follow E5's instruction format.
+# template for both sides; the fine-tuning sets follow E5's instruction format. The
+# *_compute_matched sets are echo's templates with the text budget shared by the copies.
 _FINETUNE_SYMMETRIC = "Retrieve semantically similar text"
+_ECHO_ZERO_SHOT = "Rewrite the following paragraph: {text}. The rewritten paragraph: {pooled_text}"
+_ECHO_INSTRUCT_QUERY = "Instruct: {instruction}\nQuery: {text}\nQuery again: {pooled_text}"
+_ECHO_INSTRUCT_DOCUMENT = "Document: {text}\nDocument again: {pooled_text}"
 BUILTIN_TEMPLATE_SETS: dict[str, TemplateSet] = {
     spec["name"]: template_set_from_dict(spec["name"], spec)
     for spec in [
-        {
-            "name": "echo",
-            "query": "Rewrite the following paragraph: {text}. The rewritten paragraph: {pooled_text}",
-            "document": "Rewrite the following paragraph: {text}. The rewritten paragraph: {pooled_text}",
-        },
+        {"name": "echo", "query": _ECHO_ZERO_SHOT, "document": _ECHO_ZERO_SHOT},
+        {"name": "echo_compute_matched", "query": _ECHO_ZERO_SHOT, "document": _ECHO_ZERO_SHOT, "compute_matched": True},
         {"name": "classical", "query": "Write a paragraph: {pooled_text}", "document": "Write a paragraph: {pooled_text}"},
         {
             "name": "prompteol",
@@ -161,9 +174,16 @@ BUILTIN_TEMPLATE_SETS: dict[str, TemplateSet] = {
         {"name": "classical_sentence", "query": "Write a sentence: {pooled_text}", "document": "Write a sentence: {pooled_text}"},
         {
             "name": "echo_instruct",
-            "query": "Instruct: {instruction}\nQuery: {text}\nQuery again: {pooled_text}",
-            "document": "Document: {text}\nDocument again: {pooled_text}",
+            "query": _ECHO_INSTRUCT_QUERY,
+            "document": _ECHO_INSTRUCT_DOCUMENT,
             "default_instruction": _FINETUNE_SYMMETRIC,
+        },
+        {
+            "name": "echo_instruct_compute_matched",
+            "query": _ECHO_INSTRUCT_QUERY,
+            "document": _ECHO_INSTRUCT_DOCUMENT,
+            "default_instruction": _FINETUNE_SYMMETRIC,
+            "compute_matched": True,
         },
         {
             "name": "classical_instruct",

@@ -14,7 +14,9 @@ Two details make separately tokenized pieces read like natural text:
   tokenized piece, so there the space is simply dropped.
 * Truncation is per text: the text is tokenized once, cut to the token budget left by
   the template, and the same ids fill every copy, so echo's two copies stay identical
-  and the pooled copy is never the one that gets cut.
+  and the pooled copy is never the one that gets cut. A ``compute_matched`` template set
+  also cuts each copy to ``ceil(n / copies)`` of the text's ``n`` tokens, so echo's
+  copies together hold about the text once (:mod:`models.templates`).
 
 BOS is added exactly as the tokenizer's own ``add_special_tokens=True`` would add it
 (SmolLM2 adds none, Llama adds ``<s>``); EOS is the tokenizer's ``eos_token_id``.
@@ -116,7 +118,7 @@ class PromptTokenizer:
         prompts = []
         for ids, value in zip(text_ids, instructions):
             pieces, budget = layouts[value]
-            ids = list(ids[:budget])
+            ids = list(ids[: self._copy_length(len(ids), budget, template)])
             input_ids, pooled_mask = list(self._special_prefix), [0] * len(self._special_prefix)
             for piece_ids, pooled in pieces:
                 piece_ids = ids if piece_ids is None else piece_ids
@@ -126,6 +128,11 @@ class PromptTokenizer:
             pooled_mask += [1] * len(eos)
             prompts.append(PromptIds(tuple(input_ids), tuple(pooled_mask)))
         return prompts
+
+    def _copy_length(self, text_length: int, budget: int | None, template: Template) -> int:
+        """How many of a text's tokens every copy holds: all, or its share under ``compute_matched``, within ``budget``."""
+        length = -(-text_length // template.text_copies) if self.templates.compute_matched else text_length
+        return length if budget is None else min(length, budget)
 
     def _layout(self, template: Template, kind: str, instruction: str | None) -> tuple[list[tuple[list[int] | None, bool]], int | None]:
         """The fixed pieces' ids for one instruction, and the token budget left for each text copy."""

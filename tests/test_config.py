@@ -52,3 +52,12 @@ def test_every_bad_key_is_named_together_including_lora_keys(tmp_path):
         load_config(path)
     message = str(error.value)
     assert "lora.rank: unknown key" in message and "lora.r:" in message and "model.pooling:" in message
+
+
+@pytest.mark.parametrize("dims", ["[]", "[0,64]", "[64,64]"])
+def test_matryoshka_dims_must_be_distinct_positive_widths(tmp_path, dims):
+    path = _write(tmp_path / "c.yaml", {"data": {"mix": "default"}})
+    with pytest.raises(ConfigError, match=r"train.matryoshka_dims: expected distinct positive widths"):
+        load_config(path, [f"train.matryoshka_dims={dims}"])
+    assert load_config(path, ["train.matryoshka_dims=[256,64,128]"]).train.matryoshka_dims == [256, 64, 128]
+    assert load_config(path).train.matryoshka_dims is None

@@ -27,6 +27,8 @@ HARD_NEGATIVES = 1
 TEMPERATURE = 0.05
 # The second micro-batch of the accumulation test starts further along the sentence list.
 SECOND_MICRO_BATCH_OFFSET = 6
+# (symmetric, matryoshka_dims): Matryoshka truncates the gathered embeddings (width 32 here).
+LOSS_SETTINGS = [(False, None), (True, None), (True, [4, 16])]
 
 
 def _global_batch(encoder, offset: int = 0):
@@ -47,9 +49,9 @@ def _rank_slice(batch, rank: int):
     )
 
 
-def _loss_value(encoder, batch, symmetric: bool) -> torch.Tensor:
+def _loss_value(encoder, batch, symmetric: bool, matryoshka_dims: list[int] | None = None) -> torch.Tensor:
     queries, documents, query_keys, document_keys = batch
-    loss = InfoNCELoss(TEMPERATURE, symmetric)
+    loss = InfoNCELoss(TEMPERATURE, symmetric, matryoshka_dims)
     return loss(encoder.embed(encoder.collate(queries)), encoder.embed(encoder.collate(documents)), query_keys, document_keys)
 
 
@@ -64,13 +66,13 @@ def _ranks_worker(rank: int, world_size: int) -> dict:
     results = {}
     encoder = tiny_lora_encoder(lora_dropout=0.0)
     local = _rank_slice(_global_batch(encoder), rank)
-    for symmetric in (False, True):
+    for symmetric, matryoshka_dims in LOSS_SETTINGS:
         encoder.model.zero_grad(set_to_none=True)
-        loss = _loss_value(encoder, local, symmetric)
+        loss = _loss_value(encoder, local, symmetric, matryoshka_dims)
         loss.backward()
         # What DDP/DeepSpeed do to gradients: average over ranks.
         gradients = {name: _mean_over_ranks(g) for name, g in lora_gradients(encoder).items()}
-        results[f"symmetric={symmetric}"] = (_mean_over_ranks(loss), gradients)
+        results[(symmetric, str(matryoshka_dims))] = (_mean_over_ranks(loss), gradients)
 
     # Without cpu=True (or ACCELERATE_USE_CPU=1) accelerate on a GPU-less machine ignores WORLD_SIZE and wraps nothing.
     accelerator = Accelerator(cpu=True)
@@ -124,13 +126,14 @@ def _one_process(encoder, losses_of) -> tuple[torch.Tensor, dict[str, torch.Tens
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("symmetric", [False, True])
-def test_two_ranks_equal_one_process_with_the_global_batch(rank_results, one_process_encoder, symmetric):
+@pytest.mark.parametrize("symmetric, matryoshka_dims", LOSS_SETTINGS)
+def test_two_ranks_equal_one_process_with_the_global_batch(rank_results, one_process_encoder, symmetric,
+                                                           matryoshka_dims):
     expected_loss, expected = _one_process(
-        one_process_encoder, lambda encoder: _loss_value(encoder, _global_batch(encoder), symmetric)
+        one_process_encoder, lambda encoder: _loss_value(encoder, _global_batch(encoder), symmetric, matryoshka_dims)
     )
     for results in rank_results:
-        loss, gradients = results[f"symmetric={symmetric}"]
+        loss, gradients = results[(symmetric, str(matryoshka_dims))]
         assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
         assert_gradients_close(gradients, expected)
 

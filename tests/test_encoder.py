@@ -93,6 +93,8 @@ def test_mode_and_pooling_default_to_the_folders_echo_config(tiny_model_dir, tmp
         (lambda e: e.encode(["ok", "  "]), r"texts\[1\] is empty"),
         (lambda e: e.encode(["ok"], kind="passage"), "kind must be 'query' or 'document'"),
         (lambda e: e.encode(["ok"], batch_size=0), "batch_size must be a positive integer"),
+        (lambda e: e.encode(["ok"], dim=0), "dim must be a positive integer"),
+        (lambda e: e.encode(["ok"], dim=33), "dim=33 exceeds the embedding width 32"),
     ],
 )
 def test_bad_arguments_raise_value_errors(tiny_model_dir, call, message):
@@ -108,6 +110,8 @@ def test_bad_constructor_arguments_raise_value_errors(tiny_model_dir):
         EchoEncoder.from_pretrained(str(tiny_model_dir), pooling="max")
     with pytest.raises(ValueError, match="dtype must be one of"):
         EchoEncoder.from_pretrained(str(tiny_model_dir), dtype="fp8")
+    with pytest.raises(ValueError, match=r"matryoshka_dims \[8, 64\] must be widths in 1..32"):
+        EchoEncoder.from_pretrained(str(tiny_model_dir), matryoshka_dims=[8, 64])
 
 
 def test_from_pretrained_loads_no_lm_head_and_caps_prompts_by_default(tiny_model_dir, tmp_path):

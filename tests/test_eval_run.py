@@ -9,7 +9,7 @@ import pytest
 from data.formats import write_task
 from evaluation.report import format_markdown_table, write_report
 from evaluation.run import main
-from evaluation.tasks import evaluate_task
+from evaluation.tasks import evaluate_task, resolve_tasks
 from models import EchoEncoder
 from models.templates import get_template_set
 
@@ -108,3 +108,48 @@ def test_write_report_round_trips_records(tmp_path):
     saved = json.loads(paths["json"].read_text())
     assert saved == {"title": "title", "model": "x", "records": records}
     assert paths["md"].read_text().startswith("# title\n\n| task | metric | a |")
+
+
+class _EncodeAtWidth:
+    """The direct path: every call encoded afresh with EchoEncoder.encode(..., dim=N)."""
+
+    def __init__(self, encoder, dim):
+        self.encoder, self.dim = encoder, dim
+
+    def encode(self, texts, kind="query", instruction=None, batch_size=32):
+        return self.encoder.encode(texts, kind=kind, instruction=instruction, batch_size=batch_size, dim=self.dim)
+
+
+def test_dims_score_each_width_as_encode_with_dim_does_from_one_encoding(tmp_path, tiny_model_dir, sts_task, monkeypatch):
+    calls = []
+    real_encode = EchoEncoder.encode
+    monkeypatch.setattr(EchoEncoder, "encode", lambda self, *args, **kwargs: calls.append(1) or real_encode(self, *args, **kwargs))
+
+    def run(dims: str, out):
+        calls.clear()
+        assert main(["--model", str(tiny_model_dir), "--template-sets", "echo", "--pooling", "mean", "--dims", dims,
+                     "--tasks", f"{sts_task},toy", "--max-examples", "8", "--out", str(out)]) == 0
+        return json.loads((out / "results.json").read_text()), len(calls)
+
+    _, full_width_calls = run("full", tmp_path / "full")
+    report, calls_for_three_widths = run("8,16,full", tmp_path / "out")
+    assert calls_for_three_widths == full_width_calls  # every text encoded once for all widths
+    cells = {(r["label"], r["task"]): r["metrics"] for r in report["records"]}
+    assert [r["dim"] for r in report["records"]] == [8, 8, 16, 16, None, None] and report["dims"] == [8, 16, None]
+    monkeypatch.setattr(EchoEncoder, "encode", real_encode)
+    encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo", pooling="mean")
+    toy = resolve_tasks(["toy"])["toy"]
+    for dim in (8, 16):
+        for task, folder in (("tiny-sts", sts_task), ("toy", toy)):
+            expected = evaluate_task(_EncodeAtWidth(encoder, dim), folder, 8)
+            assert cells[(f"echo/mean@{dim}", task)] == pytest.approx(expected, abs=1e-6)
+    assert cells[("echo/mean", "tiny-sts")] == pytest.approx(evaluate_task(encoder, sts_task, 8), abs=1e-6)
+    assert cells[("echo/mean@8", "tiny-sts")] != cells[("echo/mean", "tiny-sts")]
+
+
+@pytest.mark.parametrize("dims, message", [("8,0", "--dims: expected positive widths or 'full', got '0'"),
+                                           ("64", "--dims: [64] exceed the embedding width 32")])
+def test_bad_dims_print_one_line(dims, message, tiny_model_dir, sts_task, capsys):
+    assert main(["--model", str(tiny_model_dir), "--dims", dims, "--tasks", str(sts_task)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]  # after transformers' loading bar
+    assert len(errors) == 1 and errors[0].startswith(f"error: {message}")

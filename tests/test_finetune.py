@@ -100,6 +100,26 @@ def test_merged_export_equals_the_unmerged_model(run_config, tmp_path, tiny_mode
         assert any("trainable_tokens" in name for name in adapter)
 
 
+def test_a_matryoshka_run_trains_its_widths_and_its_export_records_them(run_config, tmp_path):
+    plain = finetune.main(["--config", str(run_config), "train.max_steps=2", f"output_dir={tmp_path / 'plain'}"])
+    export = finetune.main(["--config", str(run_config), "train.max_steps=2", "train.matryoshka_dims=[16,8]"])
+    # The same first batch and initial weights: the loss differs only by the widths' terms.
+    assert abs(_losses(tmp_path / "run")[1] - _losses(tmp_path / "plain")[1]) > 1e-4
+    assert json.loads((export / "echo_config.json").read_text())["matryoshka_dims"] == [8, 16]
+    assert json.loads((plain / "echo_config.json").read_text())["matryoshka_dims"] is None
+    assert "- **Matryoshka dimensions:** 8, 16 (trained" in (export / "README.md").read_text()
+    encoder = EchoEncoder.from_pretrained(str(export), dtype="float32")
+    assert encoder.matryoshka_dims == (8, 16)
+    full = encoder.encode(PROBE_TEXTS, kind="document")
+    for dim in (8, 16, 32):
+        expected = full[:, :dim] / np.linalg.norm(full[:, :dim], axis=1, keepdims=True)
+        np.testing.assert_allclose(encoder.encode(PROBE_TEXTS, kind="document", dim=dim), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="dim=33 exceeds the embedding width 32"):
+        encoder.encode(PROBE_TEXTS, kind="document", dim=33)
+    with pytest.raises(ValueError, match="matryoshka_dims \\[8, 64\\] must be widths in 1..32"):
+        finetune.main(["--config", str(run_config), "train.matryoshka_dims=[8,64]", f"output_dir={tmp_path / 'wide'}"])
+
+
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(Path(finetune.__file__)), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=300)

@@ -114,10 +114,10 @@ def _run(step, encoder, query_chunks, document_chunks, loss_fn, **kwargs):
     return loss, lora_gradients(encoder)
 
 
-def _setup(lora_dropout: float):
+def _setup(lora_dropout: float, matryoshka_dims: list[int] | None = None):
     encoder = tiny_lora_encoder(lora_dropout)
     queries, documents, query_keys, document_keys = contrastive_batch(encoder, num_queries=5, hard_negatives=1)
-    loss = InfoNCELoss(temperature=0.05, symmetric=True)
+    loss = InfoNCELoss(temperature=0.05, symmetric=True, matryoshka_dims=matryoshka_dims)
 
     def loss_fn(q, p):
         return loss(q, p, query_keys, document_keys)
@@ -164,8 +164,10 @@ def test_chunk_prompts_rejects_an_empty_batch():
         chunk_prompts([], 2, None, encoder.collate, packed=True)
 
 
-def test_grad_cache_equals_full_graph_with_lora_dropout_replayed():
-    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.3)
+@pytest.mark.parametrize("matryoshka_dims", [None, [4, 16]])
+def test_grad_cache_equals_full_graph_with_lora_dropout_replayed(matryoshka_dims):
+    """With Matryoshka too: its terms are a function of the cached embeddings like any loss (width 32 here)."""
+    encoder, query_chunks, document_chunks, loss_fn = _setup(lora_dropout=0.3, matryoshka_dims=matryoshka_dims)
     encoder.model.train()
     expected_loss, expected = _run(full_graph_step, encoder, query_chunks, document_chunks, loss_fn)
     loss, cached = _run(grad_cache_step, encoder, query_chunks, document_chunks, loss_fn, backward=PlainBackward())

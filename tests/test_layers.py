@@ -6,7 +6,10 @@ is never run by a test, and the circles a function-local import hides are found 
 What may import what (README, "How the code is laid out"):
 
 * ``echo_base`` imports nothing of the project (but itself, if it is a package);
-* ``data`` and ``models`` stand side by side: each imports only ``echo_base`` and itself;
+* ``data`` and ``models`` stand side by side: each imports only ``echo_base`` and itself, with
+  one exception: ``data.mine``, the mining CLI, which nothing imports, loads the encoder that
+  ranks the candidates (``models.encoder``, ``models.pooling``); the mining itself
+  (``data.hard_negatives``) takes an encode callable and imports no model;
 * ``evaluation`` never imports ``train``, with one exception: ``evaluation.bench``, the
   benchmark CLI, which nothing imports, may plan runs (``train.cost_model``);
 * ``train.launchers`` (sweeps, profiled training steps) launches training, so nothing below
@@ -108,10 +111,17 @@ def _in(module: str, package: str) -> bool:
 BENCH = "evaluation.bench"
 BENCH_MAY_IMPORT = ("train.cost_model",)
 
+# The mining CLI ranks candidates with an encoder, so it alone in data imports models, and only these.
+MINE = "data.mine"
+MINE_MAY_IMPORT = ("models.encoder", "models.pooling")
+
 # (rule, does it apply to this importer, is this import forbidden to it)
 RULES: list[tuple[str, Callable[[str], bool], Callable[[str], bool]]] = [
     ("models does not import data", lambda m: _in(m, "models"), lambda i: _in(i, "data")),
-    ("data does not import models", lambda m: _in(m, "data"), lambda i: _in(i, "models")),
+    ("data does not import models", lambda m: _in(m, "data") and m != MINE, lambda i: _in(i, "models")),
+    (f"{MINE} imports of models are only {', '.join(MINE_MAY_IMPORT)}",
+     lambda m: m == MINE, lambda i: _in(i, "models") and i not in MINE_MAY_IMPORT),
+    (f"nothing imports {MINE} (a CLI)", lambda m: True, lambda i: i == MINE),
     ("data and models import nothing above them (train, evaluation)",
      lambda m: _in(m, "data") or _in(m, "models"), lambda i: _in(i, "train") or _in(i, "evaluation")),
     ("evaluation does not import train", lambda m: _in(m, "evaluation") and m != BENCH, lambda i: _in(i, "train")),
@@ -241,4 +251,9 @@ def test_the_rules_flag_imports_against_the_layers() -> None:
     assert broken("evaluation.bench", "train.finetune") == broken("evaluation.bench", "train.config") == only
     assert broken("evaluation.benchmarks.st_train", "train.config") == {"evaluation does not import train"}
     assert broken("evaluation.run", "evaluation.bench") == {"nothing imports evaluation.bench (a CLI)"}
+    # The mining CLI's one exception, kept narrow: the encoder and pooling names, nothing else of models.
+    assert broken("data.mine", "models.encoder") == broken("data.mine", "models.pooling") == set()
+    assert broken("data.mine", "models.export") == {"data.mine imports of models are only models.encoder, models.pooling"}
+    assert broken("data.hard_negatives", "models.encoder") == {"data does not import models"}
+    assert broken("data.prepare", "data.mine") == {"nothing imports data.mine (a CLI)"}
     assert broken("train.launchers.sweep", "evaluation.bench") == {"nothing imports evaluation.bench (a CLI)"}

@@ -57,6 +57,17 @@ def reference_loss(queries, documents, query_keys, document_keys, temperature, s
     return (forward_mean + reverse_mean) / 2 if symmetric else forward_mean
 
 
+def reference_matryoshka_loss(queries, documents, query_keys, document_keys, temperature, symmetric, widths, rows=None):
+    """The loop-written loss at each prefix width (the cosine re-normalises each prefix), averaged over the widths."""
+    total = 0.0
+    for width in widths:
+        truncated_queries = [[value for value in row[:width]] for row in queries]
+        truncated_documents = [[value for value in row[:width]] for row in documents]
+        total += reference_loss(truncated_queries, truncated_documents, query_keys, document_keys, temperature, symmetric,
+                                rows)
+    return total / len(widths)
+
+
 def _batch(num_queries: int, hard_negatives: int, dim: int = 5, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     queries = torch.randn(num_queries, dim, generator=generator, dtype=torch.float64)
@@ -66,14 +77,14 @@ def _batch(num_queries: int, hard_negatives: int, dim: int = 5, seed: int = 0):
     return queries, documents, query_keys, document_keys
 
 
-def _loss(queries, documents, query_keys, document_keys, temperature=0.02, symmetric=False) -> float:
-    return InfoNCELoss(temperature, symmetric)(queries, documents, query_keys, document_keys).item()
+def _loss(queries, documents, query_keys, document_keys, temperature=0.02, symmetric=False, dims=None) -> float:
+    return InfoNCELoss(temperature, symmetric, dims)(queries, documents, query_keys, document_keys).item()
 
 
-def _reference(queries, documents, query_keys, document_keys, temperature=0.02, symmetric=False, rows=None) -> float:
-    return reference_loss(
-        queries.tolist(), documents.tolist(), query_keys.tolist(), document_keys.tolist(), temperature, symmetric, rows
-    )
+def _reference(queries, documents, query_keys, document_keys, temperature=0.02, symmetric=False, rows=None,
+               widths=None) -> float:
+    return reference_matryoshka_loss(queries.tolist(), documents.tolist(), query_keys.tolist(), document_keys.tolist(),
+                                     temperature, symmetric, widths or [queries.shape[1]], rows)
 
 
 def test_single_query_two_orthogonal_documents_by_hand():
@@ -125,7 +136,46 @@ def test_symmetric_term_matches_reference_with_duplicate_queries():
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
-def test_rank_one_of_two_offsets_labels_into_the_gathered_batch(monkeypatch, symmetric):
+@pytest.mark.parametrize("dims, widths", [([2, 3], [2, 3, 5]), ([3, 2, 3, 5], [2, 3, 5]), ([1], [1, 5])])
+def test_matryoshka_loss_is_the_mean_over_prefix_widths_of_the_reference(symmetric, dims, widths):
+    """Listed dims in any order, repeated or not, plus the full width (5) whether listed or not."""
+    queries, documents, query_keys, document_keys = _batch(num_queries=4, hard_negatives=2, seed=6)
+    document_keys = document_keys.clone()
+    document_keys[4] = document_keys[0]  # a duplicate text: masked at every width
+    loss = _loss(queries, documents, query_keys, document_keys, temperature=0.05, symmetric=symmetric, dims=dims)
+    expected = _reference(queries, documents, query_keys, document_keys, 0.05, symmetric, widths=widths)
+    assert loss == pytest.approx(expected, abs=1e-9)
+    # Each prefix width is a term of its own: it differs from the full-width loss.
+    assert abs(loss - _loss(queries, documents, query_keys, document_keys, 0.05, symmetric)) > 1e-3
+
+
+def test_matryoshka_gradient_equals_the_sum_of_each_widths_gradient_over_their_number():
+    queries, documents, query_keys, document_keys = _batch(num_queries=3, hard_negatives=1, seed=7)
+
+    def gradient(dims):
+        leaf = queries.clone().requires_grad_()
+        InfoNCELoss(0.05, matryoshka_dims=dims)(leaf, documents, query_keys, document_keys).backward()
+        return leaf.grad
+
+    def width_only(width):  # the loss at one width alone: the embedding's prefix as the whole embedding
+        leaf = queries.clone().requires_grad_()
+        InfoNCELoss(0.05)(leaf[:, :width], documents[:, :width], query_keys, document_keys).backward()
+        return leaf.grad
+
+    torch.testing.assert_close(gradient([2, 4]), (width_only(2) + width_only(4) + width_only(5)) / 3)
+
+
+def test_matryoshka_dims_beyond_the_width_raise():
+    queries, documents, query_keys, document_keys = _batch(num_queries=2, hard_negatives=1)
+    with pytest.raises(ValueError, match=r"matryoshka dims \[2, 8\] must lie in 1..5"):
+        InfoNCELoss(matryoshka_dims=[8, 2])(queries, documents, query_keys, document_keys)
+    with pytest.raises(ValueError, match="must lie in 1..5"):
+        InfoNCELoss(matryoshka_dims=[0])(queries, documents, query_keys, document_keys)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("dims", [None, [2, 4]])
+def test_rank_one_of_two_offsets_labels_into_the_gathered_batch(monkeypatch, symmetric, dims):
     # Simulated collectives: this process plays rank 1 of 2; the gather prepends rank 0's rows.
     queries, documents, query_keys, document_keys = _batch(num_queries=4, hard_negatives=2, seed=5)
     local_queries, local_documents = queries[2:], documents[6:]
@@ -141,8 +191,9 @@ def test_rank_one_of_two_offsets_labels_into_the_gathered_batch(monkeypatch, sym
     monkeypatch.setattr(train.loss, "_rank", lambda: 1)
     monkeypatch.setattr(train.loss, "gather_with_grad", gather_with_grad)
     monkeypatch.setattr(train.loss, "_gather_without_grad", gather_keys)
-    loss = _loss(local_queries, local_documents, query_keys[2:], document_keys[6:], symmetric=symmetric)
-    expected = _reference(queries, documents, query_keys, document_keys, symmetric=symmetric, rows=[2, 3])
+    loss = _loss(local_queries, local_documents, query_keys[2:], document_keys[6:], symmetric=symmetric, dims=dims)
+    widths = [2, 4, 5] if dims else None
+    expected = _reference(queries, documents, query_keys, document_keys, symmetric=symmetric, rows=[2, 3], widths=widths)
     assert loss == pytest.approx(expected, abs=1e-9)
 
 

@@ -91,6 +91,19 @@ def test_results_are_written_in_mteb_format(tmp_path, tiny_model_dir):
     assert saved["scores"]["test"][0]["cosine_spearman"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_dim_scores_the_re_normalised_prefix_and_names_its_result_folder(tmp_path, tiny_model_dir):
+    encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo", pooling="mean", dtype="float32")
+    run_mteb(encoder, str(tiny_model_dir), [TinySTS()], tmp_path, batch_size=2, dim=8)
+    [path] = list((tmp_path / "results").rglob("TinyEchoSTS.json"))
+    assert "dim_8" in str(path)
+    first, second = (encoder.encode(texts, kind="query", instruction=TYPE_INSTRUCTIONS["STS"])[:, :8].astype(np.float64)
+                     for texts in (["a", "a", "b"], ["b", "c", "c"]))
+    cosines = (first * second).sum(axis=1) / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1))
+    expected = scipy.stats.spearmanr(cosines, [5.0, 3.0, 1.0]).statistic
+    assert json.loads(path.read_text())["scores"]["test"][0]["cosine_spearman"] == pytest.approx(expected, abs=1e-6)
+    assert MTEBEchoEncoder(encoder, "x", dim=8).mteb_model_meta.embed_dim == 8
+
+
 def test_instruction_precedence():
     metadata = TinyRetrieval.metadata
     assert task_instruction(metadata) == "Find the animal"  # the task's own E5-style prompt

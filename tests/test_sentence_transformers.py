@@ -108,6 +108,23 @@ def test_the_export_names_the_module_and_a_resaved_model_loads_back_the_same(mak
                                   model.encode_query(TEXTS, prompt=INSTRUCTION))
 
 
+def test_a_matryoshka_export_truncated_by_sentence_transformers_gives_encode_with_dim(tiny_model_dir, adapter_state,
+                                                                                    tmp_path):
+    encoder = EchoEncoder.from_pretrained(str(tiny_model_dir), mode="echo_instruct", max_length=96, dtype="float32",
+                                          device="cpu", matryoshka_dims=[16, 8])
+    export = export_merged(export_spec(str(tiny_model_dir), LORA, encoder.echo_config()), adapter_state,
+                           tmp_path / "export")
+    reference = _reference(export)
+    assert reference.matryoshka_dims == (8, 16) and "- **Matryoshka dimensions:** 8, 16" in (export / "README.md").read_text()
+    # sentence-transformers' own truncation, then its normalisation: EchoEncoder's dim=N.
+    model = SentenceTransformer(str(export), trust_remote_code=True, device="cpu", truncate_dim=8)
+    got = model.encode_query(TEXTS, prompt=INSTRUCTION, normalize_embeddings=True)
+    np.testing.assert_allclose(got, reference.encode(TEXTS, kind="query", instruction=INSTRUCTION, dim=8), rtol=0, atol=1e-5)
+    assert model.get_embedding_dimension() == 8
+    model.save(str(tmp_path / "resaved"))
+    assert _reference(tmp_path / "resaved").matryoshka_dims == (8, 16)
+
+
 def test_mteb_evaluates_the_export_through_its_sentence_transformers_wrapper(make_export, tmp_path, monkeypatch):
     export = make_export("echo_instruct", "mean")
     roles = set()  # (task, prompt) of every batch the module embeds

@@ -24,8 +24,9 @@ SHIPPED = Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "ablation
 def test_the_shipped_ablation_grid_covers_every_factor():
     spec = load_sweep(SHIPPED)
     points = sweep_points(spec)
-    assert len(points) == 2 * 2 * 2 * 2 * 2
-    for key, values in [("model.template_set", {"echo_instruct", "classical_instruct"}), ("model.pooling", {"mean", "last"}),
+    assert len(points) == 3 * 2 * 2 * 2 * 2
+    template_sets = {"echo_instruct", "echo_instruct_compute_matched", "classical_instruct"}
+    for key, values in [("model.template_set", template_sets), ("model.pooling", {"mean", "last"}),
                         ("lora.r", {8, 16}), ("train.temperature", {0.02, 0.05}), ("lora.trainable_eos", {False, True})]:
         assert {point[key] for point in points} == values
     assert len({json.dumps(point, sort_keys=True) for point in points}) == len(points)
@@ -92,8 +93,15 @@ def test_local_executor_runs_every_point_and_reports_the_metric(tmp_path, tiny_m
         # One group for the sweep; each run named after the sweep and its point.
         assert run_config["wandb"]["group"] == "tiny"
         assert run_config["wandb"]["name"] == f"tiny-{index:03d} {result['label']}"
+        # The cost beside the metric: the mean of the prompt tokens the run logged per step.
+        logged = [json.loads(line) for line in (Path(result["run_dir"]) / "log.jsonl").read_text().splitlines()]
+        tokens = [record["train/tokens"] for record in logged if "train/tokens" in record]
+        assert len(tokens) == 2 and result["tokens_per_step"] == sum(tokens) / 2
+    # The same batches (same seed): echo's two copies cost about twice classical's one.
+    echo, classical = report["results"][0]["tokens_per_step"], report["results"][1]["tokens_per_step"]
+    assert 1.5 * classical < echo < 2.5 * classical
     table = (tmp_path / "out" / "results.md").read_text()
-    assert table.count("\n| ") == 5 and "**" in table
+    assert table.count("\n| ") == 5 and "**" in table and f"| {echo:.0f} |" in table
     assert (tmp_path / "out" / "results.png").stat().st_size > 1000
     assert "report:" in capsys.readouterr().out
 
@@ -166,8 +174,8 @@ def test_the_sweep_chart_has_a_row_per_point_and_the_metric_on_its_axis(tmp_path
     metric = "eval/wordnet-gloss-retrieval/ndcg@10"
     spec = {"name": "s", "metric": {"name": metric, "goal": "maximize"},
             "parameters": {"lora.r": {"values": [4, 8, 16]}, "train.max_steps": {"value": 2}}}
-    results = [{"index": index, "label": f"r={r}", "point": {"lora.r": r, "train.max_steps": 2}, metric: value}
-               for index, (r, value) in enumerate([(4, 0.25), (8, 0.5), (16, 0.375)])]
+    results = [{"index": index, "label": f"r={r}", "point": {"lora.r": r, "train.max_steps": 2}, metric: value,
+                "tokens_per_step": 1000.0} for index, (r, value) in enumerate([(4, 0.25), (8, 0.5), (16, 0.375)])]
     paths = write_sweep_report(spec, results, tmp_path)
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (figure,) = figures
@@ -176,4 +184,4 @@ def test_the_sweep_chart_has_a_row_per_point_and_the_metric_on_its_axis(tmp_path
     assert [bar.get_width() for bar in axes.patches] == [0.25, 0.5, 0.375]
     assert (axes.get_xlabel(), axes.get_ylabel()) == ("ndcg@10", "point (varied keys)")
     assert axes.get_legend().get_title().get_text() == "eval/wordnet-gloss-retrieval"
-    assert "| 1 | 8 | **0.5000** |" in paths["md"].read_text()
+    assert "| 1 | 8 | **0.5000** | 1000 |" in paths["md"].read_text()

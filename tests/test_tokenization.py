@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from models.registry import resolve_model
-from models.templates import BUILTIN_TEMPLATE_SETS, Template, get_template_set
+from models.templates import BUILTIN_TEMPLATE_SETS, Template, TemplateSet, get_template_set, template_set_from_dict
 from models.tokenization import PromptTokenizer
 from tests.tiny_models import build_bpe_tokenizer, build_sentencepiece_tokenizer
 
@@ -116,3 +116,60 @@ def test_builtin_sets_use_the_papers_wording():
     assert BUILTIN_TEMPLATE_SETS["echo_instruct"].query.render("S", "I") == "Instruct: I\nQuery: S\nQuery again: S"
     assert BUILTIN_TEMPLATE_SETS["echo_instruct"].document.render("S") == "Document: S\nDocument again: S"
     assert BUILTIN_TEMPLATE_SETS["classical_instruct"].document.render("S") == "Document: S"
+
+
+LONG_TEXT = " ".join(["the river runs past the old mill and under the stone bridge"] * 12)
+
+
+@pytest.mark.parametrize("max_length", [None, 64, 128])
+@pytest.mark.parametrize("kind", ["query", "document"])
+def test_compute_matched_echo_costs_what_classical_costs_and_pools_the_first_half_exactly(
+        smollm2_tokenizer, max_length, kind):
+    texts = [*TEXTS, "the quick brown fox jumps over the lazy dog near the river bank at dawn", LONG_TEXT]
+    for name, tokenizer in _tokenizers(smollm2_tokenizer).items():
+        def prompts(template_set):
+            tokenize = PromptTokenizer(tokenizer, get_template_set(template_set), append_eos=True, max_length=max_length)
+            return tokenize(texts, kind, "Find it")
+
+        matched, echo, classical = (prompts("echo_instruct_compute_matched"), prompts("echo_instruct"),
+                                    prompts("classical_instruct"))
+        # The templates' own tokens (BOS, literals, instruction, EOS): a prompt's length less its text copies.
+        echo_fixed = len(echo[0]) - 2 * (len(_pooled(echo[0])) - 1)
+        classical_fixed = len(classical[0]) - (len(_pooled(classical[0])) - 1)
+        for text, matched_prompt, echo_prompt, classical_prompt in zip(texts, matched, echo, classical):
+            text_ids = _text_ids(tokenizer, text)
+            copy = -(-len(text_ids) // 2)  # ceil(n / 2)
+            if max_length is not None:
+                copy = min(copy, (max_length - echo_fixed) // 2)
+            # The pooled span is exactly the first ceil(n/2) text tokens (within the cap) plus EOS, at the end,
+            # and the unpooled copy holds the same ids.
+            assert _pooled(matched_prompt) == text_ids[:copy] + [tokenizer.eos_token_id], (name, text)
+            first = matched_prompt.pooled_mask.index(1)
+            assert all(matched_prompt.pooled_mask[first:])
+            ids = list(matched_prompt.input_ids)
+            assert any(ids[i : i + copy] == text_ids[:copy] for i in range(first - copy + 1))
+            assert len(matched_prompt) == echo_fixed + 2 * copy
+            # Compute-matched: about classical's length (the templates' difference and one token of rounding
+            # apart); full echo holds every text token twice.
+            difference = echo_fixed - classical_fixed  # "\nQuery again:" and the like; a few tokens for SmolLM2
+            assert 0 < difference and (difference <= 6 or name != "smollm2"), name
+            gap = len(matched_prompt) - len(classical_prompt)
+            if max_length is None:
+                assert gap == difference + len(text_ids) % 2, (name, text)
+                assert len(echo_prompt) - len(classical_prompt) == difference + len(text_ids)
+            else:  # a capped text fills both prompts up to the cap (less one token of rounding for echo's two copies)
+                assert -1 <= gap <= difference + 1, (name, text, max_length)
+                assert len(matched_prompt) <= max_length and len(classical_prompt) <= max_length
+
+
+def test_compute_matched_is_recorded_with_the_template_set_and_read_back(tmp_path):
+    matched = get_template_set("echo_compute_matched")
+    assert matched.compute_matched and not get_template_set("echo").compute_matched
+    assert (matched.query, matched.document) == (get_template_set("echo").query, get_template_set("echo").document)
+    assert template_set_from_dict("copy", matched.to_dict()) == TemplateSet("copy", matched.query, matched.document,
+                                                                            compute_matched=True)
+    template_file = tmp_path / "templates.yaml"
+    template_file.write_text("mine:\n  query: 'Q: {text} Q: {pooled_text}'\n  document: 'D: {pooled_text}'\n"
+                             "  compute_matched: yes please\n")
+    with pytest.raises(ValueError, match="'compute_matched' must be true or false"):
+        get_template_set("mine", template_file)

@@ -79,6 +79,7 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
     temperature: float = Field(0.02, gt=0, description="InfoNCE temperature (the paper's scale 50).")
     symmetric_loss: bool = Field(False, description="Add the document->query InfoNCE term (each positive scored against all queries).")
+    matryoshka_dims: list[int] | None = Field(None, description="Matryoshka: also train the first N dimensions of each embedding (re-normalised) for each N listed, e.g. [64, 128, 256]; the loss is the mean over these widths and the full one (train/loss.py). The export records them; encode(..., dim=N) truncates. None: full width only.")
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (None = only at the end).")
     keep_checkpoints: int | None = Field(None, ge=1, description="Keep only the newest N checkpoints: after each save the oldest beyond N are deleted, never before the new one is complete. None = keep all.")
     resume: str = Field("auto", description="'auto' (latest checkpoint in output_dir, if any), 'none' (start at step 0; refused when output_dir already holds checkpoints, which a fresh run would mix with its own), 'overwrite' (start at step 0 after deleting output_dir's checkpoints and log), or a checkpoint path.")
@@ -120,6 +121,9 @@ class RunConfig(_Section):
         names = [spec.name for spec in self.data.datasets]
         if len(set(names)) != len(names):
             problems.append(f"data.datasets: dataset names must be unique, got {names}")
+        dims = self.train.matryoshka_dims
+        if dims is not None and (not dims or min(dims) < 1 or len(set(dims)) != len(dims)):
+            problems.append(f"train.matryoshka_dims: expected distinct positive widths, e.g. [64, 128, 256], got {dims}")
         if self.train.chunk_size is not None and self.train.chunk_size > self.train.batch_size * (2 + self.data.num_negatives):
             problems.append(f"train.chunk_size={self.train.chunk_size} exceeds the sequences of a contrastive batch; "
                             "use null for one chunk")

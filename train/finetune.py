@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> Path:
                               num_training_steps=config.train.max_steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     encoder.model = model
-    loss_fn = InfoNCELoss(temperature=config.train.temperature, symmetric=config.train.symmetric_loss)
+    loss_fn = InfoNCELoss(temperature=config.train.temperature, symmetric=config.train.symmetric_loss,
+                          matryoshka_dims=config.train.matryoshka_dims)
     step = TrainingStep(accelerator, model, encoder, optimizer, scheduler, loss_fn, chunk_size=config.train.chunk_size,
                         chunk_tokens=config.train.chunk_tokens, accumulation_steps=config.train.gradient_accumulation_steps,
                         max_grad_norm=config.train.max_grad_norm)
@@ -139,7 +140,8 @@ def build_model(config: RunConfig, accelerator: Accelerator) -> tuple[EchoEncode
                                               pooling=config.model.pooling, max_length=config.model.max_length,
                                               dtype="float32", template_file=config.model.template_file,
                                               device=accelerator.device, packing=config.model.packing,
-                                              trust_remote_code=config.model.trust_remote_code)
+                                              trust_remote_code=config.model.trust_remote_code,
+                                              matryoshka_dims=config.train.matryoshka_dims)
         encoder.autocast_dtype = torch.bfloat16 if bf16 else None
         model = apply_lora(encoder.model, config.lora, encoder.tokenizer.eos_token_id)
         if bf16:

@@ -4,9 +4,20 @@ Every query is scored against every document of the *global* batch (all ranks), 
 number of negatives grows with the world size. Embeddings of the other ranks are
 gathered with an autograd-aware all-gather: the gradient of each rank's loss reaches
 the rank that produced the embedding. `accelerator.gather` would carry no gradient.
+
+Matryoshka (`matryoshka_dims`, Kusupati et al. 2022): the same InfoNCE is computed on the
+first `d` components of every embedding, re-normalised, for each listed `d` and for the
+full width (always a term, listed or not: the model is still used at full width), and the
+loss is the *mean* of these terms. MRL sums them (weights 1, as sentence-transformers'
+MatryoshkaLoss); the mean is that sum divided by the number of terms, chosen so the loss,
+its logged value and the gradient-clipping threshold keep the scale of a run without
+Matryoshka. The embeddings are gathered once at full width and truncated after the gather.
+The loss is a function of the embeddings only, so GradCache's cached embedding gradients
+carry every width's term (tests/test_grad_cache.py).
 """
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
@@ -97,20 +108,40 @@ def _cross_entropy_with_duplicates_masked(
     return F.cross_entropy(logits, labels)
 
 
-class InfoNCELoss(nn.Module):
-    """Cosine-similarity InfoNCE with in-batch, hard and cross-process negatives."""
+def _prefix(unit_rows: Tensor, width: int) -> Tensor:
+    """The first ``width`` components of each unit-norm row, re-normalised (at the full width, the rows themselves)."""
+    return unit_rows if width == unit_rows.shape[1] else F.normalize(unit_rows[:, :width], dim=-1)
 
-    def __init__(self, temperature: float = 0.02, symmetric: bool = False) -> None:
+
+def matryoshka_widths(dims: Sequence[int] | None, width: int) -> list[int]:
+    """The prefix widths the loss is computed at: ``dims`` ascending, then ``width`` (the full one) if not listed.
+
+    Raises ValueError when a dim is not in 1..width.
+    """
+    dims = sorted(set(dims or ()))
+    if dims and not 1 <= dims[0] <= dims[-1] <= width:
+        raise ValueError(f"matryoshka dims {dims} must lie in 1..{width}, the embedding width")
+    return dims if dims and dims[-1] == width else [*dims, width]
+
+
+class InfoNCELoss(nn.Module):
+    """Cosine-similarity InfoNCE with in-batch, hard and cross-process negatives, optionally Matryoshka."""
+
+    def __init__(self, temperature: float = 0.02, symmetric: bool = False,
+                 matryoshka_dims: Sequence[int] | None = None) -> None:
         """`temperature` divides the cosine similarities (the paper uses 1/50).
 
         `symmetric` adds the document->query direction (each positive scored against all
-        queries of the global batch) and averages the two directions.
+        queries of the global batch) and averages the two directions. `matryoshka_dims`
+        makes the loss the mean of the loss at each of these prefix widths and the full
+        width (module docstring).
         """
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = temperature
         self.symmetric = symmetric
+        self.matryoshka_dims = tuple(matryoshka_dims or ())
 
     def forward(self, queries: Tensor, documents: Tensor, query_keys: Tensor, document_keys: Tensor) -> Tensor:
         """Loss of this rank's queries against the documents of all ranks.
@@ -119,7 +150,8 @@ class InfoNCELoss(nn.Module):
         documents: [b * (1 + k), d], per query [positive, hard_negative_1..k] contiguous.
         query_keys: [b] int64 `text_key` of each query text.
         document_keys: [b * (1 + k)] int64 `text_key` of each document text.
-        Returns the mean over this rank's queries. Raises ValueError on inconsistent shapes.
+        Returns the mean over this rank's queries (with Matryoshka, the mean of that over the
+        widths). Raises ValueError on inconsistent shapes and Matryoshka dims beyond the width.
 
         Normalisation: each rank returns the mean over its b queries. The backward of the
         gather sums every rank's gradient into the owner of each embedding, so the
@@ -147,28 +179,33 @@ class InfoNCELoss(nn.Module):
         rank = _rank()
         local_rows = torch.arange(batch_size, device=queries.device)
 
+        widths = matryoshka_widths(self.matryoshka_dims, queries.shape[1])
+
         # Gradient carriers: `queries` and `documents` (this rank's), and through the
         # gather, the gathered copies of every rank's documents/queries. Keys carry none.
         queries = F.normalize(queries, dim=-1)
         documents = F.normalize(documents, dim=-1)
         all_documents = gather_with_grad(documents)
         all_document_keys = _gather_without_grad(document_keys)
+        all_queries = gather_with_grad(queries) if self.symmetric else None
+        all_query_keys = _gather_without_grad(query_keys) if self.symmetric else None
 
-        # Global index of each local query's positive in the gathered documents.
+        # Global index of each local query's positive in the gathered documents, and of each local query.
         positive_index = (rank * batch_size + local_rows) * documents_per_query
-        logits = queries @ all_documents.T / self.temperature
-        positive_keys = document_keys[::documents_per_query]
-        loss = _cross_entropy_with_duplicates_masked(logits, positive_index, all_document_keys, positive_keys)
-        if not self.symmetric:
-            return loss
-
-        all_queries = gather_with_grad(queries)
-        all_query_keys = _gather_without_grad(query_keys)
         own_query_index = rank * batch_size + local_rows
-        positives = documents[::documents_per_query]
-        reverse_logits = positives @ all_queries.T / self.temperature
-        reverse_loss = _cross_entropy_with_duplicates_masked(
-            reverse_logits, own_query_index, all_query_keys, query_keys
-        )
-        # Average of the two directions so the scale matches the one-directional loss.
-        return (loss + reverse_loss) / 2
+        positive_keys = document_keys[::documents_per_query]
+        losses = []
+        for width in widths:
+            logits = _prefix(queries, width) @ _prefix(all_documents, width).T / self.temperature
+            loss = _cross_entropy_with_duplicates_masked(logits, positive_index, all_document_keys, positive_keys)
+            if self.symmetric:
+                positives = _prefix(documents[::documents_per_query], width)
+                reverse_logits = positives @ _prefix(all_queries, width).T / self.temperature
+                reverse_loss = _cross_entropy_with_duplicates_masked(
+                    reverse_logits, own_query_index, all_query_keys, query_keys
+                )
+                # Average of the two directions so the scale matches the one-directional loss.
+                loss = (loss + reverse_loss) / 2
+            losses.append(loss)
+        # Mean over the widths (module docstring): one width (no Matryoshka) is the plain loss.
+        return torch.stack(losses).mean()

@@ -106,7 +106,8 @@ class RunLogger:
 
     def log_step(self, step: int, result, extra: dict[str, float]) -> None:
         """Log a :class:`train.step.StepResult` (plus ``extra`` metrics, e.g. dev scores) and advance the bar."""
-        metrics = {"train/loss": result.loss, "train/lr": result.lr}
+        # train/tokens: the step's prompt tokens, the cost a sweep compares template sets by.
+        metrics = {"train/loss": result.loss, "train/lr": result.lr, "train/tokens": result.num_tokens}
         if result.grad_norm is not None:
             metrics["train/grad_norm"] = result.grad_norm
         self._window_seconds += result.seconds

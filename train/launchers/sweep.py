@@ -19,8 +19,9 @@ the trailing overrides, ``output_dir`` and ``wandb.group`` appended to its comma
 writes into ``<out>/<run id>/``. The ``local`` executor reads the same file: it enumerates the
 grid (or draws ``run_cap`` seeded random points), runs each point as its own
 ``train/finetune.py`` process in ``<out>/run-NNN/``, named ``<sweep>-NNN <point>``, reads the
-metric the run logged at its end, and writes ``results.json``, ``results.md`` and
-``results.png`` (metric per point) into ``<out>``. ``auto`` is wandb when a key is
+metric the run logged at its end and its mean prompt tokens per step (``train/tokens``, the
+cost: full echo about twice classical, compute-matched echo about the same), and writes
+``results.json``, ``results.md`` and ``results.png`` (metric per point) into ``<out>``. ``auto`` is wandb when a key is
 configured, else local.
 """
 
@@ -146,22 +147,27 @@ def run_local(spec: dict[str, Any], overrides: list[str], out_root: Path, max_ru
         value = next((record[metric] for record in reversed(logged) if metric in record), None)
         if value is None:
             raise SweepError(f"run {index} ({label}) logged no {metric!r}; score the export with export.eval_tasks")
-        results.append({"index": index, "label": label, "point": point, metric: value, "run_dir": str(run_dir)})
-        print(f"    {metric} = {value:.4f}", flush=True)
+        tokens = [record["train/tokens"] for record in logged if "train/tokens" in record]
+        results.append({"index": index, "label": label, "point": point, metric: value,
+                        "tokens_per_step": sum(tokens) / len(tokens), "run_dir": str(run_dir)})
+        print(f"    {metric} = {value:.4f}, {results[-1]['tokens_per_step']:.0f} prompt tokens/step", flush=True)
     return results
 
 
 def write_sweep_report(spec: dict[str, Any], results: list[dict[str, Any]], out_root: Path) -> dict[str, Path]:
-    """results.json, results.md (one row per point, best in bold) and results.png (metric per point)."""
+    """results.json, results.md (one row per point, best in bold, with its prompt tokens per step) and
+    results.png (metric per point)."""
     metric, goal = spec["metric"]["name"], spec["metric"]["goal"]
     values = [result[metric] for result in results]
     best = max(values) if goal == "maximize" else min(values)
     varied = [key for key, choice in spec["parameters"].items() if "value" not in choice]
     lines = [f"# Sweep `{spec['name']}`: {metric} ({goal})", "",
-             "| run | " + " | ".join(varied) + f" | {metric} |", "|---|" + "---|" * len(varied) + "---:|"]
+             "| run | " + " | ".join(varied) + f" | {metric} | prompt tokens / step |",
+             "|---|" + "---|" * len(varied) + "---:|---:|"]
     for result in results:
         cell = f"**{result[metric]:.4f}**" if result[metric] == best else f"{result[metric]:.4f}"
-        lines.append(f"| {result['index']} | " + " | ".join(str(result["point"][key]) for key in varied) + f" | {cell} |")
+        lines.append(f"| {result['index']} | " + " | ".join(str(result["point"][key]) for key in varied)
+                     + f" | {cell} | {result['tokens_per_step']:.0f} |")
     paths = {name: out_root / f"results.{name}" for name in ("json", "md", "png")}
     paths["json"].write_text(json.dumps({"sweep": spec, "results": results}, indent=2, default=str) + "\n")
     paths["md"].write_text("\n".join(lines) + "\n")
