@@ -144,13 +144,15 @@ def wordnet_planted_set(count: int, distractor_rows: int = 1500) -> PlantedSet:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown: one line per (rank window, filter)."""
-    lines = ["| ranks | filter | negatives | planted false negatives | copy | near copy | paraphrase |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    """Markdown: one line per (rank window, filter), with the candidates the filter dropped (planted or not)."""
+    lines = ["| ranks | filter | negatives | planted false negatives | copy | near copy | paraphrase "
+             "| dropped: score / duplicate / near duplicate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         rates = row["rates"]
+        dropped = " / ".join(str(row["dropped"][reason]) for reason in ("score", "duplicate", "near_duplicate"))
         lines.append(f"| {row['ranks']} | {'on' if row['filter'] else 'off'} | {row['negatives']} | {rates['all']:.3f} | "
-                     + " | ".join(f"{rates[kind]:.3f}" for kind in PLANTED_KINDS) + " |")
+                     + " | ".join(f"{rates[kind]:.3f}" for kind in PLANTED_KINDS) + f" | {dropped} |")
     return "\n".join(lines)
 
 

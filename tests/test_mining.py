@@ -134,7 +134,11 @@ def test_planted_false_negatives_are_mined_without_the_filter_and_never_with_it(
     assert by_filter[False]["rates"] == {"all": 1.0, "copy": 1 / 3, "near_copy": 1 / 3, "paraphrase": 1 / 3}
     assert by_filter[True]["rates"] == {"all": 0.0, "copy": 0.0, "near_copy": 0.0, "paraphrase": 0.0}
     assert by_filter[True]["negatives"] == by_filter[False]["negatives"] == 60  # the true negatives fill the rows
-    assert "| 1:30 | on | 60 | 0.000 |" in format_table(rows) and "| 1:30 | off | 60 | 1.000 |" in format_table(rows)
+    # Filtered, each row's three planted texts (ranks 1-3) fall to the margin: 60 dropped, nothing else.
+    assert by_filter[True]["dropped"] == {"score": 60, "duplicate": 0, "near_duplicate": 0}
+    table = format_table(rows)
+    assert "| 1:30 | on | 60 | 0.000 | 0.000 | 0.000 | 0.000 | 60 / 0 / 0 |" in table
+    assert "| 1:30 | off | 60 | 1.000 | 0.333 | 0.333 | 0.333 | 0 / 0 / 0 |" in table
     # With a window that starts below the planted texts, both runs mine the same true negatives.
     rows = measure(planted_set, SetScorer(scores), [MiningRule(first_rank=4, last_rank=30, negatives=3)])
     assert [row["rates"]["all"] for row in rows] == [0.0, 0.0]
