@@ -11,10 +11,11 @@ start the run, SIGKILL every process of it, check what the kill left on disk, re
 
 Two kinds of kill, each drawn from a seeded RNG:
 
-* **at a random moment**: uniform over the reference run's span from its first write (the
+* **anywhere**: at a moment uniform over the reference run's span from its first write (the
   run's ``output_dir`` appearing) to its exit, measured from the trial run's own first write:
-  start-up, model build, every training step, every checkpoint, the export and the teardown.
-  Before its first write a run has nothing to lose, so no draw is spent there.
+  model build, every training step, every checkpoint, the export and the teardown. Before its
+  first write a run has nothing to lose, so no draw is spent there; a draw that falls after
+  the trial run's exit (runs take longer or shorter on a busy machine) is drawn again.
 * **during a checkpoint write**: the harness polls (every 0.5 ms) for the hidden staging
   folder of a chosen write (``checkpoints/.step-N.*`` of a chosen step, or ``.export.*``;
   :func:`echo_base.staging_path` names them), waits a random 0 to :data:`WRITE_KILL_DELAY_S`
@@ -30,9 +31,9 @@ their environment and killed too.
 After each kill, every published checkpoint (``checkpoints/step-N``) and a published
 export must equal the reference's at that step: the same files, ``.safetensors`` tensors
 within :data:`TOLERANCE`, every other file byte-identical (once the run folder's path, which
-configs and model cards record, reads as the reference's). Anything else (a folder under its final name that is incomplete or
-unloadable) is data lost, and so is a missing checkpoint or export once the run has
-completed. Prints one line per trial, then the summary table; exits 1 when any trial did
+configs and model cards record, reads as the reference's). Anything else (a folder under its
+final name that is incomplete or unloadable) is data lost, and so is a missing checkpoint or
+export once the run has completed. Prints one line per trial, then the summary table; exits 1 when any trial did
 not finish, lost data or ended with weights further than :data:`TOLERANCE` from the reference.
 """
 
@@ -66,7 +67,7 @@ TOLERANCE = 1e-6  # max |Δ| of a merged weight against the reference; in practi
 WRITE_KILL_DELAY_S = 0.01  # a 1-process checkpoint write of the tiny model takes 15 to 40 ms
 RUN_TIMEOUT_S = 600
 MARKER = "ECHO_FAULT_INJECTION_RUN"  # environment variable naming the run a process belongs to
-RANDOM, DURING_WRITE = "kill -9 at a random moment", "kill -9 during a checkpoint write"
+RANDOM, DURING_WRITE = "kill -9 anywhere", "kill -9 during a checkpoint write"
 
 
 @dataclass
@@ -85,8 +86,9 @@ class Trial:
     fault: str  # RANDOM or DURING_WRITE
     index: int
     kill_s: float = 0.0  # seconds after launch
+    misses: int = 0  # draws before it that did not land: the run (or the targeted write) finished first
     write_hit: str = ""  # the staging folder the kill left behind ("" = none)
-    complete_at_kill: list[str] = field(default_factory=list)  # published checkpoints after the kill
+    complete_at_kill: list[str] = field(default_factory=list)  # published checkpoints (and export) after the kill
     finished: bool = False
     data_lost: list[str] = field(default_factory=list)
     max_delta: float = float("nan")  # merged export against the reference's
@@ -94,7 +96,8 @@ class Trial:
     def line(self) -> str:
         return (f"{self.processes}p {'random' if self.fault == RANDOM else 'write '} #{self.index:02d}: "
                 f"killed at {self.kill_s:6.2f} s, in write: {self.write_hit or '-':22s} "
-                f"complete then: {','.join(self.complete_at_kill) or '-':22s} finished: {'yes' if self.finished else 'NO'}  "
+                f"complete then: {','.join(self.complete_at_kill) or '-':29s} missed draws: {self.misses}  "
+                f"finished: {'yes' if self.finished else 'NO'}  "
                 f"data lost: {len(self.data_lost)}  max |Δ|: {self.max_delta:.1e}"
                 + (f"  ({'; '.join(self.data_lost)})" if self.data_lost else ""))
 
@@ -309,11 +312,13 @@ def run_trial(trial: Trial, config: Path, folder: Path, reference_dir: Path, tim
         kill = inject_kill(run_command(trial.processes, config, output_dir), output_dir, log, trial.fault, rng, timeline)
         if kill is not None:
             break
+        trial.misses += 1
     else:
         raise RuntimeError(f"{trial.fault}: no kill landed in {attempts} attempts; see {folder}")
     trial.kill_s, trial.write_hit = kill
     trial.complete_at_kill = sorted((path.name for path in (output_dir / CHECKPOINTS).glob("step-*")),
                                     key=lambda name: int(name.split("-")[1])) if (output_dir / CHECKPOINTS).is_dir() else []
+    trial.complete_at_kill += ["export"] if (output_dir / "export").is_dir() else []
     trial.data_lost = run_problems(output_dir, reference_dir, completed=False)
 
     resumed = _start(run_command(trial.processes, config, output_dir), log, marker=uuid.uuid4().hex)
@@ -369,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.launchers.fault_injection", description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", type=int, nargs="+", choices=(1, 2), default=[1, 2],
                         help="1: one process; 2: two processes under DeepSpeed ZeRO-2 on CPU")
-    parser.add_argument("--trials", type=int, default=20, help="kills at a random moment, per process count")
+    parser.add_argument("--trials", type=int, default=20, help="kills at a random moment (anywhere), per process count")
     parser.add_argument("--write-kills", type=int, default=8, help="kills during a checkpoint write, per process count")
     parser.add_argument("--seed", type=int, default=0, help="seeds every kill moment")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder, removed)")
