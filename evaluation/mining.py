@@ -21,7 +21,6 @@ the planted ones only.
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from collections.abc import Mapping, Sequence

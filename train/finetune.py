@@ -196,10 +196,17 @@ def cli(argv: list[str] | None = None) -> int:
     """Entry point: bad configs, arguments and data end in one line on stderr, exit code 2 (any other error keeps its traceback)."""
     status = command_status(lambda: _main_closing_progress_bars(argv))
     if status == 0 and torch.distributed.is_initialized():
-        # A finished multi-process run can still abort in C++ destructors at interpreter exit
-        # ("terminate called without an active exception" on a ZeRO-3 rank, intermittently, after
-        # every file was written). Once all ranks are past this barrier nothing is left to write,
-        # so leave without that teardown.
+        # Leave without interpreter finalization: it can abort a rank ("terminate called without an
+        # active exception") after every file was written. The cause is upstream. A gloo worker
+        # thread (ProcessGroupGloo::runLoop) destroys each finished collective's work object; when
+        # that holds the last reference to a tensor owned by a Python object, its destructor takes
+        # the GIL, and once finalization has begun CPython <= 3.13 ends such a thread with
+        # pthread_exit, whose forced unwind through the destructor calls std::terminate (a core
+        # dump shows exactly that stack; pytorch/pytorch#190489, cpython gh-87135).
+        # destroy_process_group() cannot join those threads first: DeepSpeed keeps the groups
+        # referenced (every ZeRO-3 parameter's ds_process_group, deepspeed.utils.groups._WORLD_GROUP),
+        # so the worker threads live on into finalization. Once all ranks are past this barrier
+        # nothing is left to write.
         torch.distributed.barrier()
         sys.stdout.flush()
         sys.stderr.flush()
