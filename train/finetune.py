@@ -202,7 +202,8 @@ def cli(argv: list[str] | None = None) -> int:
         # that holds the last reference to a tensor owned by a Python object, its destructor takes
         # the GIL, and once finalization has begun CPython <= 3.13 ends such a thread with
         # pthread_exit, whose forced unwind through the destructor calls std::terminate (a core
-        # dump shows exactly that stack; pytorch/pytorch#190489, cpython gh-87135).
+        # dump shows exactly that stack; pybind/pybind11#1360 is the same forced unwind, CPython
+        # documents the thread exit in bpo-36427 and makes such threads hang instead from 3.14).
         # destroy_process_group() cannot join those threads first: DeepSpeed keeps the groups
         # referenced (every ZeRO-3 parameter's ds_process_group, deepspeed.utils.groups._WORLD_GROUP),
         # so the worker threads live on into finalization. Once all ranks are past this barrier
