@@ -58,6 +58,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+# The tests' tiny random Llama and free-port finder: this tool runs from a source checkout.
+from tests.distributed import free_port
+from tests.tiny_models import build_bpe_tokenizer, save_tiny_llama, write_tiny_dataset
 from train.checkpoint import CHECKPOINTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,8 +107,6 @@ class Trial:
 
 def write_run_config(folder: Path) -> Path:
     """A tiny random Llama, two small datasets, and a config training it for STEPS steps; returns the config."""
-    from tests.tiny_models import build_bpe_tokenizer, save_tiny_llama, write_tiny_dataset
-
     model = save_tiny_llama(folder / "model", build_bpe_tokenizer())
     write_tiny_dataset(folder / "a.jsonl", 24, seed=1)
     write_tiny_dataset(folder / "b.jsonl", 24, seed=2)
@@ -116,7 +117,7 @@ def write_run_config(folder: Path) -> Path:
         "data": {"mix": None, "dev": None, "datasets": [{"name": "a", "path": str(folder / "a.jsonl")},
                                                         {"name": "b", "path": str(folder / "b.jsonl")}]},
         "train": {"max_steps": STEPS, "save_every": SAVE_EVERY, "batch_size": 4, "chunk_size": 3, "lr": 5e-3,
-                  "warmup_steps": 1, "resume": "auto"},
+                  "warmup_steps": 1},
         "wandb": {"mode": "disabled"},
     }
     path = folder / "config.yaml"
@@ -129,8 +130,6 @@ def run_command(processes: int, config: Path, output_dir: Path) -> list[str]:
     overrides = [f"output_dir={output_dir}", "train.resume=auto"]
     if processes == 1:
         return [sys.executable, str(ROOT / "train" / "finetune.py"), "--config", str(config), *overrides]
-    from tests.distributed import free_port
-
     return [str(ROOT / "launch.sh"), "--cpu", "--nproc", str(processes), "--zero", "2", "--main-port", str(free_port()),
             str(config), *overrides]
 
