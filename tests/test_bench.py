@@ -76,7 +76,7 @@ def test_project_runs_make_valid_configs(tmp_path) -> None:
     run = ProjectRun("classical_instruct", batch=256, steps=2, chunk_size=32)
     config = load_config(config_file, run.overrides(163, tmp_path / "out"))
     assert (config.model.template_set, config.model.max_length, config.model.precision) == ("classical_instruct", 163, "bf16")
-    assert (config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.layers) == (16, 32, 0.05, None)
+    assert (config.lora.r, config.lora.alpha, config.lora.dropout, config.lora.layers) == (16, 32, 0.0, None)
     assert config.lora.target_modules == LORA["target_modules"] == "all-linear"
     assert (config.train.batch_size, config.train.max_steps, config.train.chunk_size) == (256, 2, 32)
     assert config.data.mix is None and config.data.dev is None and config.data.num_negatives == 1

@@ -71,6 +71,9 @@ from train.config import RunConfig, load_config
 
 GIB = 2**30
 FLOAT32_BYTES, BFLOAT16_BYTES = 4, 2
+# Packed sdpa (models/packing.py) keeps per token the int64 gather index into its padded blocks,
+# their bool real-token mask and the int64 permutation back to packed order.
+PACKED_INDEX_BYTES = 8 + 1 + 8
 ADAMW_STATE_BYTES = 2 * FLOAT32_BYTES  # m and v
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -171,7 +174,8 @@ def activation_bytes_per_token_per_layer(shape: ModelShape, lora_rank: int, bf16
     norms = 2 * (FLOAT32_BYTES * h + FLOAT32_BYTES)
     projection_inputs = (5 * h + a + f) * e if bf16 else (2 * h + f + (a if packed else 0)) * e
     lora_a_outputs = len(PROJECTIONS) * lora_rank * e
-    attention = (2 * a + 2 * saved_kv_width) * e + FLOAT32_BYTES * shape.heads + (0 if packed else sequence_length * e)
+    attention = (2 * a + 2 * saved_kv_width) * e + FLOAT32_BYTES * shape.heads + (
+        PACKED_INDEX_BYTES if packed else sequence_length * e)
     swiglu = 3 * f * e
     return norms + projection_inputs + lora_a_outputs + attention + swiglu
 
