@@ -13,7 +13,8 @@ The rule, for each training example (query ``q``, positive ``p``):
    ``c`` as a document; rank 1 is the most similar candidate.
 3. **Filter** (likely false negatives, on unless switched off): a candidate is dropped when
    - ``s(q, c) > s(q, p) - margin``: it scores within ``margin`` of the positive, or above it
-     (NV-Retriever's "TopK-MarginPos", an absolute margin on the cosine);
+     (NV-Retriever's "TopK-MarginPos", an absolute margin on the cosine; ``margin=None``
+     switches this test off and keeps the two below);
    - it duplicates a positive of ``q``: the same :func:`normalized_text` (case, accents,
      punctuation and spacing aside);
    - it nearly duplicates one: character 3-gram Jaccard similarity of the normalised texts
@@ -25,6 +26,11 @@ The rule, for each training example (query ``q``, positive ``p``):
 
 Ranks are positions in the ranking of step 2 whether or not the filter keeps a candidate,
 so a run with the filter and one without it draw from the same window.
+
+The margin test trusts the model's score of the positive. Under a weak ranker (a zero-shot
+model whose positives often rank low) it drops every candidate scoring above a low-ranked
+positive, and the negatives then come from far below the window (``MiningStats``
+counts them): `python -m evaluation.mining` measures both effects on a planted set.
 """
 
 from __future__ import annotations
@@ -54,8 +60,8 @@ class MiningRule:
     first_rank: int = 10
     last_rank: int = 100
     negatives: int = 7
-    # A cosine margin below the positive's score: at 0.05, NV-Retriever's TopK-MarginPos setting.
-    margin: float = 0.05
+    # A cosine margin below the positive's score: at 0.05, NV-Retriever's TopK-MarginPos setting; None: no score test.
+    margin: float | None = 0.05
     # Character 3-gram Jaccard at or above which a candidate nearly duplicates a positive.
     near_duplicate: float = 0.8
     filter_false_negatives: bool = True
@@ -65,7 +71,7 @@ class MiningRule:
             raise ValueError(f"ranks must satisfy 1 <= first <= last, got {self.first_rank}:{self.last_rank}")
         if self.negatives < 1:
             raise ValueError(f"negatives must be >= 1, got {self.negatives}")
-        if self.margin < 0:
+        if self.margin is not None and self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
         if not 0 < self.near_duplicate <= 1:
             raise ValueError(f"near_duplicate must lie in (0, 1], got {self.near_duplicate}")
@@ -180,7 +186,7 @@ def _false_negative_reason(candidate: str, score: float, positives: set[str], po
     """Why ``candidate`` is likely a false negative ("score", "duplicate", "near_duplicate"), or None."""
     if not rule.filter_false_negatives:
         return None
-    if score > positive_score - rule.margin:
+    if rule.margin is not None and score > positive_score - rule.margin:
         return "score"
     if any(_normalized(candidate) == _normalized(positive) for positive in positives):
         return "duplicate"

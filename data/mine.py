@@ -2,7 +2,7 @@
 
     python -m data.mine --model smollm2-135m-instruct --input train.jsonl --out mined.jsonl \\
         [--format echo|flag|e5] [--corpus texts.jsonl] [--ranks 10:100] [--negatives 7] \\
-        [--margin 0.05] [--near-duplicate 0.8] [--no-filter] [--batch-size 32] [--max-length 256]
+        [--margin 0.05|none] [--near-duplicate 0.8] [--no-filter] [--batch-size 32] [--max-length 256]
 
 The input is read in any of the three formats of :mod:`data.formats` (``--dataset`` and
 ``--instruction`` fill rows that carry none); the output is this project's own (``echo``)
@@ -45,6 +45,11 @@ def _ranks(value: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
+def _margin(value: str) -> float | None:
+    """An argparse ``type``: a cosine margin >= 0, or ``none`` (no score test)."""
+    return None if value == "none" else _non_negative_float(value)
+
+
 def _non_negative_float(value: str) -> float:
     try:
         number = float(value)
@@ -77,8 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "positive and negative of the input")
     parser.add_argument("--ranks", type=_ranks, default=(10, 100), help="rank window FIRST:LAST (default: 10:100)")
     parser.add_argument("--negatives", type=positive_int, default=7, help="negatives per example (default: 7)")
-    parser.add_argument("--margin", type=_non_negative_float, default=0.05,
-                        help="drop candidates scoring above the positive's cosine minus this (default: 0.05)")
+    parser.add_argument("--margin", type=_margin, default=0.05,
+                        help="drop candidates scoring above the positive's cosine minus this; 'none': no score test, "
+                             "for a weak ranking model (default: 0.05)")
     parser.add_argument("--near-duplicate", type=_similarity, default=0.8,
                         help="drop candidates whose character 3-gram Jaccard with a positive is at least this "
                              "(default: 0.8)")

@@ -12,9 +12,11 @@ planted in the candidate pool beside other rows' definitions (:func:`plant_false
 * ``paraphrase``: the GCIDE definition of the same single-sense word, the same meaning in
   other words (``data/sources/gcide.py``).
 
-Each rule is mined twice (:func:`data.hard_negatives.mine_hard_negatives`), with the
-false-negative filter and without it, from one encoding of the texts; the table gives the
-share of mined negatives that are planted false negatives, overall and by kind. Natural
+Each rule is mined three times (:func:`data.hard_negatives.mine_hard_negatives`) from one
+encoding of the texts: with the whole false-negative filter, with its duplicate tests only
+(no margin), and without it. The table gives the share of mined negatives that are planted
+false negatives, overall and by kind, how many negatives came from below the rank window,
+and what the filter dropped. Natural
 false negatives (another definition that fits the usage) are not counted: the rates are of
 the planted ones only.
 """
@@ -109,15 +111,17 @@ def _encode_once(encode: Encode) -> Encode:
 
 
 def measure(planted_set: PlantedSet, encode: Encode, rules: Sequence[MiningRule]) -> list[dict]:
-    """For each rule, with the filter and without it: the mined negatives' planted false-negative rates."""
+    """For each rule, with its filter, with its duplicate tests only and without a filter: the mined
+    negatives' planted false-negative rates and the mining's counts."""
     encode = _encode_once(encode)
     rows = []
     for rule in rules:
-        for filtered in (True, False):
-            mined, stats = mine_hard_negatives(planted_set.examples, encode,
-                                               replace(rule, filter_false_negatives=filtered), planted_set.corpus)
-            rows.append({"ranks": f"{rule.first_rank}:{rule.last_rank}", "filter": filtered,
-                         "negatives": stats.negatives, "dropped": dict(stats.dropped),
+        variants = {f"margin {rule.margin} + duplicates": rule, "duplicates only": replace(rule, margin=None),
+                    "off": replace(rule, filter_false_negatives=False)}
+        for name, variant in variants.items():
+            mined, stats = mine_hard_negatives(planted_set.examples, encode, variant, planted_set.corpus)
+            rows.append({"ranks": f"{rule.first_rank}:{rule.last_rank}", "filter": name, "negatives": stats.negatives,
+                         "below_window": stats.from_below_window, "dropped": dict(stats.dropped),
                          "rates": false_negative_rates(mined, planted_set.planted)})
     return rows
 
@@ -144,14 +148,15 @@ def wordnet_planted_set(count: int, distractor_rows: int = 1500) -> PlantedSet:
 
 def format_table(rows: list[dict]) -> str:
     """Markdown: one line per (rank window, filter), with the candidates the filter dropped (planted or not)."""
-    lines = ["| ranks | filter | negatives | planted false negatives | copy | near copy | paraphrase "
-             "| dropped: score / duplicate / near duplicate |",
+    lines = ["| ranks | filter | negatives (below the window) | planted false negatives | copy | near copy "
+             "| paraphrase | dropped: score / duplicate / near duplicate |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         rates = row["rates"]
         dropped = " / ".join(str(row["dropped"][reason]) for reason in ("score", "duplicate", "near_duplicate"))
-        lines.append(f"| {row['ranks']} | {'on' if row['filter'] else 'off'} | {row['negatives']} | {rates['all']:.3f} | "
-                     + " | ".join(f"{rates[kind]:.3f}" for kind in PLANTED_KINDS) + f" | {dropped} |")
+        lines.append(f"| {row['ranks']} | {row['filter']} | {row['negatives']} ({row['below_window']}) | "
+                     f"{rates['all']:.3f} | " + " | ".join(f"{rates[kind]:.3f}" for kind in PLANTED_KINDS)
+                     + f" | {dropped} |")
     return "\n".join(lines)
 
 

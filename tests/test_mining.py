@@ -81,6 +81,10 @@ def test_the_window_counts_ranks_past_known_positives_and_fills_from_below():
                                        MiningRule(first_rank=1, last_rank=2, negatives=2, margin=0.25))
     assert mined[0].negatives == ("r3", "r4")
     assert stats.dropped["score"] == 2 and stats.from_below_window == 2
+    # margin=None: no score test, so the window's own r1 and r2 stay.
+    mined, _ = mine_hard_negatives(examples[:1], SetScorer(scores),
+                                   MiningRule(first_rank=1, last_rank=2, negatives=2, margin=None))
+    assert mined[0].negatives == ("r1", "r2")
     mined, stats = mine_hard_negatives(examples[:1], SetScorer(scores), MiningRule(first_rank=4, last_rank=9, negatives=3,
                                                                                    filter_false_negatives=False))
     assert mined[0].negatives == ("r4", "r5") and stats.short_rows == 1  # the pool ran out
@@ -130,18 +134,24 @@ def test_planted_false_negatives_are_mined_without_the_filter_and_never_with_it(
     assert {kind for planted in planted_set.planted.values() for kind in planted.values()} == set(PLANTED_KINDS)
     rows = measure(planted_set, SetScorer(scores), [MiningRule(first_rank=1, last_rank=30, negatives=3)])
     by_filter = {row["filter"]: row for row in rows}
+    assert list(by_filter) == ["margin 0.05 + duplicates", "duplicates only", "off"]
     # Without the filter the three planted texts outrank every true negative: all 60 negatives are false.
-    assert by_filter[False]["rates"] == {"all": 1.0, "copy": 1 / 3, "near_copy": 1 / 3, "paraphrase": 1 / 3}
-    assert by_filter[True]["rates"] == {"all": 0.0, "copy": 0.0, "near_copy": 0.0, "paraphrase": 0.0}
-    assert by_filter[True]["negatives"] == by_filter[False]["negatives"] == 60  # the true negatives fill the rows
+    assert by_filter["off"]["rates"] == {"all": 1.0, "copy": 1 / 3, "near_copy": 1 / 3, "paraphrase": 1 / 3}
+    full = by_filter["margin 0.05 + duplicates"]
+    assert full["rates"] == {"all": 0.0, "copy": 0.0, "near_copy": 0.0, "paraphrase": 0.0}
+    assert full["negatives"] == by_filter["off"]["negatives"] == 60  # the true negatives fill the rows
     # Filtered, each row's three planted texts (ranks 1-3) fall to the margin: 60 dropped, nothing else.
-    assert by_filter[True]["dropped"] == {"score": 60, "duplicate": 0, "near_duplicate": 0}
+    assert full["dropped"] == {"score": 60, "duplicate": 0, "near_duplicate": 0} and full["below_window"] == 0
+    # Without the margin the copies and near copies still go (by text); the paraphrases, one of 3 negatives, stay.
+    duplicates_only = by_filter["duplicates only"]
+    assert duplicates_only["rates"] == {"all": 1 / 3, "copy": 0.0, "near_copy": 0.0, "paraphrase": 1 / 3}
+    assert duplicates_only["dropped"] == {"score": 0, "duplicate": 20, "near_duplicate": 20}
     table = format_table(rows)
-    assert "| 1:30 | on | 60 | 0.000 | 0.000 | 0.000 | 0.000 | 60 / 0 / 0 |" in table
-    assert "| 1:30 | off | 60 | 1.000 | 0.333 | 0.333 | 0.333 | 0 / 0 / 0 |" in table
-    # With a window that starts below the planted texts, both runs mine the same true negatives.
+    assert "| 1:30 | margin 0.05 + duplicates | 60 (0) | 0.000 | 0.000 | 0.000 | 0.000 | 60 / 0 / 0 |" in table
+    assert "| 1:30 | off | 60 (0) | 1.000 | 0.333 | 0.333 | 0.333 | 0 / 0 / 0 |" in table
+    # With a window that starts below the planted texts, every variant mines the same true negatives.
     rows = measure(planted_set, SetScorer(scores), [MiningRule(first_rank=4, last_rank=30, negatives=3)])
-    assert [row["rates"]["all"] for row in rows] == [0.0, 0.0]
+    assert [row["rates"]["all"] for row in rows] == [0.0, 0.0, 0.0]
 
 
 def test_false_negative_rates_count_every_mined_negative_once():
@@ -174,7 +184,8 @@ def test_the_command_mines_any_format_into_the_projects_format_with_a_real_model
     for example in original:
         positives_of.setdefault(example.query, set()).add(example.positive)
     # Unfiltered, every row gets its two negatives; filtered, a random model's close cosines may leave fewer.
-    for filtering, counts in (["--no-filter"], {2}), ([], {0, 1, 2}):
+    # Without the score test (--margin none) only duplicates of a positive would go: there are none here.
+    for filtering, counts in (["--no-filter"], {2}), ([], {0, 1, 2}), (["--margin", "none"], {2}):
         out = tmp_path / f"mined{len(filtering)}.jsonl"
         status = main(["--model", str(tiny_model_dir), "--input", str(source), "--out", str(out), "--format", fmt,
                        "--ranks", "1:5", "--negatives", "2", "--instruction", "Find the text", "--max-length", "64",
@@ -193,6 +204,7 @@ def test_the_command_mines_any_format_into_the_projects_format_with_a_real_model
     ('{"query": "q", "positive": ""}\n', [], "train.jsonl:2: 'positive' must be a non-empty string"),
     ('{"query": "q", "positive": "p"}\n', ["--ranks", "5:2"], "--ranks: expected FIRST:LAST with 1 <= FIRST <= LAST"),
     ('{"query": "q", "positive": "p"}\n', ["--near-duplicate", "1.5"], "--near-duplicate: must lie in (0, 1]"),
+    ('{"query": "q", "positive": "p"}\n', ["--margin", "-1"], "--margin: must be >= 0, got '-1'"),
     ('{"query": "q", "positive": "p"}\n', ["--corpus", "missing.txt"], "missing.txt: no such file"),
 ])
 def test_bad_input_ends_in_one_line_before_the_model_loads_and_writes_nothing(tmp_path, row, option, message, capsys):
@@ -227,8 +239,9 @@ def test_the_measurement_command_prints_a_row_per_window_and_filter(tiny_model_d
     assert requested == [(20, 5)]
     table = capsys.readouterr().out.splitlines()
     rows = [line for line in table if line.startswith("| 1:10") or line.startswith("| 3:20")]
-    assert [row.split(" | ")[:2] for row in rows] == [["| 1:10", "on"], ["| 1:10", "off"], ["| 3:20", "on"],
-                                                       ["| 3:20", "off"]]
-    assert all(row.split(" | ")[2] == "40" for row in rows if "off" in row)  # 20 rows x 2 negatives, unfiltered
+    variants = ["margin 0.05 + duplicates", "duplicates only", "off"]
+    assert [row.split(" | ")[:2] for row in rows] == [[f"| {window}", variant] for window in ("1:10", "3:20")
+                                                       for variant in variants]
+    assert all(row.split(" | ")[2].startswith("40 (") for row in rows if "off" in row)  # 20 rows x 2, unfiltered
     assert evaluation.mining.main(["--model", str(tiny_model_dir), "--ranks", "5:1"]) == 2
     assert capsys.readouterr().err.strip().endswith("ranks must satisfy 1 <= first <= last, got 5:1")
