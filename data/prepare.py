@@ -14,6 +14,11 @@ removed from dev and test against all train-split texts. Sources that evaluation
 whole (:data:`HELD_OUT_SOURCES`: movie reviews, the Brown corpus, SpamAssassin, the Perl
 FAQ) feed no training dataset.
 
+A mix may mine its weak-negative datasets (:data:`MINED_NEGATIVES`): their rows keep query
+and positive, and take negatives from a lexical ranking of the dataset's own texts
+(:mod:`data.lexical`, a rank window with the false-negative filter of
+:mod:`data.hard_negatives`), in place of the source's heuristic ones.
+
 Run ``python -m data.prepare [--force] [--only training|eval] [--mix NAME]``.
 """
 
@@ -31,6 +36,8 @@ from typing import Any
 
 from echo_base import BadInputError, atomic_folder, cache_dir, recover_folder
 from data.formats import TrainingExample, write_jsonl, write_task
+from data.hard_negatives import MiningRule, mine_hard_negatives
+from data.lexical import LexicalEncoder
 from data.sources import (
     bible,
     brown,
@@ -146,6 +153,16 @@ MIXES: dict[str, dict[str, int | None]] = {
         "bible-kjv-web": 2000,
     },
 }
+# `broad` with mined negatives where the source's own are weak: a Debian package of the same
+# section, a man page of the same section, mostly unrelated texts.
+MIXES["broad-mined"] = dict(MIXES["broad"])
+MINED_NEGATIVES: dict[str, tuple[str, ...]] = {
+    "broad-mined": ("debian-package-description", "manpage-name-description"),
+}
+# Hardest first, so data.num_negatives=1 trains on the top survivor of ranks 10..100. The
+# duplicate tests only: under a ranker that often scores the positive low (a lexical one here),
+# the margin test drops the whole window (README, "Measured false negatives").
+MIX_MINING_RULE = MiningRule(negatives=3, margin=None)
 DEV_QUERIES_PER_DATASET = 50
 DEV_CORPUS_PER_DATASET = 500
 RETRIEVAL_QUERIES = 300
@@ -218,6 +235,8 @@ def _write_training_mix(folder: Path, name: str) -> None:
         train_texts.update(normalized(t) for e in examples for t in (e.query, e.positive, *e.negatives))
         random.Random(f"{name}:{source_name}").shuffle(examples)
         kept = examples if cap is None else examples[:cap]
+        if source_name in MINED_NEGATIVES.get(name, ()):
+            kept = _with_mined_negatives(kept)
         counts[f"train/{source_name}.jsonl"] = write_jsonl(
             folder / "train" / f"{source_name}.jsonl", (e.to_json() for e in kept)
         )
@@ -246,6 +265,14 @@ def _write_training_mix(folder: Path, name: str) -> None:
         [(s, SOURCE_BY_NAME[s].source, SOURCE_BY_NAME[s].license, SOURCE_BY_NAME[s].instruction) for s in MIXES[name]],
         counts,
     )
+
+
+def _with_mined_negatives(examples: list[TrainingExample]) -> list[TrainingExample]:
+    """The examples with negatives mined from their own texts by a lexical ranking (:data:`MIX_MINING_RULE`)."""
+    pool = list(dict.fromkeys(text for example in examples for text in (example.positive, *example.negatives)))
+    mined, _ = mine_hard_negatives(examples, LexicalEncoder(pool + [example.query for example in examples]),
+                                   MIX_MINING_RULE, corpus=pool)
+    return mined
 
 
 def _dev_retrieval_files(examples_by_dataset: dict[str, list[TrainingExample]]) -> dict[str, list[dict[str, Any]]]:

@@ -52,6 +52,9 @@ def _value_table(records: list[Record]) -> dict[tuple[str, str, str], float]:
 def format_markdown_table(records: list[Record], metrics: list[str] | None = None) -> str:
     """One row per (task, metric), one column per label; the best value of each row in bold.
 
+    When every record names its main metrics and there are several tasks, a last row holds
+    each label's mean of them (:func:`evaluation.tasks.main_metric_mean`'s summary).
+
     ``metrics`` keeps only the named metrics; missing cells print as an en dash.
     """
     labels = _labels(records)
@@ -62,7 +65,20 @@ def format_markdown_table(records: list[Record], metrics: list[str] | None = Non
         best = max((v for v in row if v is not None), default=None)
         cells = ["–" if v is None else (f"**{v:.4f}**" if v == best and len(labels) > 1 else f"{v:.4f}") for v in row]
         lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    means = [_main_metric_mean(records, label) for label in labels]
+    if all(mean is not None for mean in means) and len({record["task"] for record in records}) > 1:
+        best = max(means)
+        cells = [f"**{v:.4f}**" if v == best and len(labels) > 1 else f"{v:.4f}" for v in means]
+        lines.append("| mean | main metrics | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _main_metric_mean(records: list[Record], label: str) -> float | None:
+    """The mean of ``label``'s main-metric values over its tasks; None when a record names no main metrics."""
+    own = [record for record in records if record["label"] == label]
+    if not own or any(not record.get("main_metrics") for record in own):
+        return None
+    return float(np.mean([record["metrics"][name] for record in own for name in record["main_metrics"]]))
 
 
 def plot_bar_chart(records: list[Record], path: Path, title: str = "", label_name: str = "configuration") -> Figure:

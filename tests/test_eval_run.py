@@ -9,7 +9,7 @@ import pytest
 from data.formats import write_task
 from evaluation.report import format_markdown_table, write_report
 from evaluation.run import main
-from evaluation.tasks import evaluate_task, resolve_tasks
+from evaluation.tasks import evaluate_task, main_metric_mean, resolve_tasks
 from models import EchoEncoder
 from models.templates import get_template_set
 
@@ -100,6 +100,19 @@ def test_markdown_table_bolds_the_best_and_marks_missing_cells():
         "| t | n | **0.1000** | – |",
     ]
     assert format_markdown_table(records, metrics=["n"]).splitlines()[2:] == ["| t | n | **0.1000** | – |"]
+
+
+def test_markdown_table_ends_with_each_labels_mean_of_main_metrics():
+    # Toy counts S1 and S2 apart: a's mean is (0.5 + 0.75 + 0.25) / 3, b's (0.2 + 1.0 + 0.0) / 3.
+    records = [{"label": "a", "task": "r", "metrics": {"ndcg@10": 0.5, "mrr@10": 0.9}, "main_metrics": ["ndcg@10"]},
+               {"label": "a", "task": "toy", "metrics": {"S1": 0.75, "S2": 0.25}, "main_metrics": ["S1", "S2"]},
+               {"label": "b", "task": "r", "metrics": {"ndcg@10": 0.2, "mrr@10": 0.3}, "main_metrics": ["ndcg@10"]},
+               {"label": "b", "task": "toy", "metrics": {"S1": 1.0, "S2": 0.0}, "main_metrics": ["S1", "S2"]}]
+    assert format_markdown_table(records).splitlines()[-1] == "| mean | main metrics | **0.5000** | 0.4000 |"
+    assert main_metric_mean([("retrieval", records[0]["metrics"]), ("toy", records[1]["metrics"])]) == pytest.approx(0.5)
+    # One task, or records without main metrics: no mean row.
+    assert "| mean |" not in format_markdown_table(records[:1] + records[2:3])
+    assert "| mean |" not in format_markdown_table([{**record, "main_metrics": None} for record in records])
 
 
 def test_write_report_round_trips_records(tmp_path):

@@ -49,6 +49,7 @@ def test_training_lowers_the_loss_and_logs_every_step(run_config, tmp_path):
     toy = EchoEncoder.from_pretrained(str(export), dtype="float32")
     expected = evaluate_task(toy, resolve_tasks(["toy"])["toy"], max_examples=8)
     assert (final["eval/toy/S1"], final["eval/toy/S2"]) == pytest.approx((expected["S1"], expected["S2"]), abs=1e-9)
+    assert final["eval/mean"] == pytest.approx((expected["S1"] + expected["S2"]) / 2, abs=1e-9)
     assert f"### eval/toy\n\n| metric | value |\n|---|---|\n| S1 | {final['eval/toy/S1']:.4f} |" in card
 
 

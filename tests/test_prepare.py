@@ -7,11 +7,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from data import prepare
 from echo_base import BadInputError, cache_dir
 from data.formats import TASK_FILES, TASK_META_KEYS, TrainingExample, read_examples
+from data.lexical import LexicalEncoder
 from data.sources.bible import _clean_verse, chapter_of
 from data.sources.brown import _detokenize
 from data.sources.split import split_of
@@ -230,3 +232,21 @@ def test_code_truncation_keeps_whole_lines() -> None:
     code = "def f(a, b):\n    total = a + b\n    return total"
     assert truncate_keeping_lines(code, max_words=9) == "def f(a, b):\n    total = a + b"
     assert truncate_keeping_lines("one two three four", max_words=2) == "one two"
+
+
+@pytest.mark.slow
+def test_mined_mix_keeps_the_pairs_and_gives_lexically_harder_negatives(prepared: tuple[dict[str, Path], dict[str, Path]]) -> None:
+    mixes = prepared[0]
+    for mix, datasets in prepare.MINED_NEGATIVES.items():
+        for dataset in datasets:
+            heuristic = read_examples(mixes["broad"] / "train" / f"{dataset}.jsonl", "echo", dataset=dataset)
+            mined = read_examples(mixes[mix] / "train" / f"{dataset}.jsonl", "echo", dataset=dataset)
+            assert [(e.query, e.positive) for e in mined] == [(e.query, e.positive) for e in heuristic]
+            encoder = LexicalEncoder([e.positive for e in heuristic])
+            queries = encoder([e.query for e in heuristic])
+
+            def mean_similarity(examples):
+                return float(np.mean(np.sum(queries * encoder([e.negatives[0] for e in examples]), axis=1)))
+
+            assert mean_similarity(mined) > mean_similarity(heuristic), (mix, dataset)
+            assert all(normalized(e.negatives[0]) != normalized(e.positive) for e in mined)

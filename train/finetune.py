@@ -25,7 +25,7 @@ from transformers import get_scheduler
 
 from data.sampler import SingleDatasetBatchSampler
 from echo_base import BadInputError, atomic_file, command_status, storage_errors
-from evaluation.tasks import evaluate_task
+from evaluation.tasks import evaluate_task, load_task_info, main_metric_mean
 from models import EchoEncoder
 from models.export import MODEL_CARD_FILE, export_merged, export_spec, model_card
 from models.lora import apply_lora, store_frozen_linear_weights, trainable_state_dict
@@ -162,11 +162,18 @@ def evaluate_dev(encoder: EchoEncoder, dev: Path | None, max_queries: int | None
 
 
 def evaluate_final(encoder: EchoEncoder, dev: Path | None, tasks: dict[str, Path], config: RunConfig) -> dict[str, float]:
-    """Dev metrics and the scores on export.eval_tasks; the unmerged model embeds exactly as its export will."""
+    """Dev metrics, the scores on export.eval_tasks and their mean of main metrics (``eval/mean``).
+
+    The unmerged model embeds exactly as its export will.
+    """
     metrics = evaluate_dev(encoder, dev, config.data.dev_max_queries)
+    scored_tasks = []
     for task, folder in tasks.items():
         scores = evaluate_task(encoder, folder, max_examples=config.export.eval_max_examples)
         metrics.update({f"eval/{task}/{name}": value for name, value in scores.items()})
+        scored_tasks.append((load_task_info(folder).type, scores))
+    if scored_tasks:  # the recipe ablation's criterion (README), and a sweep metric
+        metrics["eval/mean"] = main_metric_mean(scored_tasks)
     release_prefetched_parameters(encoder.model)
     return metrics
 
