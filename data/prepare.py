@@ -14,8 +14,8 @@ removed from dev and test against all train-split texts. Sources that evaluation
 whole (:data:`HELD_OUT_SOURCES`: movie reviews, the Brown corpus, SpamAssassin, the Perl
 FAQ) feed no training dataset.
 
-A mix may mine its weak-negative datasets (:data:`MINED_NEGATIVES`): their rows keep query
-and positive, and take negatives from a lexical ranking of the dataset's own texts
+A mix may be another mix with mined negatives (:data:`MINED_MIXES`): it keeps that mix's
+rows, and in its weak-negative datasets each row keeps query and positive and takes negatives from a lexical ranking of the dataset's own texts
 (:mod:`data.lexical`, a rank window with the false-negative filter of
 :mod:`data.hard_negatives`), in place of the source's heuristic ones.
 
@@ -156,8 +156,9 @@ MIXES: dict[str, dict[str, int | None]] = {
 # `broad` with mined negatives where the source's own are weak: a Debian package of the same
 # section, a man page of the same section, mostly unrelated texts.
 MIXES["broad-mined"] = dict(MIXES["broad"])
-MINED_NEGATIVES: dict[str, tuple[str, ...]] = {
-    "broad-mined": ("debian-package-description", "manpage-name-description"),
+# Mined mix -> (the mix whose rows it keeps, the datasets whose negatives it mines).
+MINED_MIXES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "broad-mined": ("broad", ("debian-package-description", "manpage-name-description")),
 }
 # Hardest first, so data.num_negatives=1 trains on the top survivor of ranks 10..100. The
 # duplicate tests only: under a ranker that often scores the positive low (a lexical one here),
@@ -233,9 +234,10 @@ def _write_training_mix(folder: Path, name: str) -> None:
         source = SOURCE_BY_NAME[source_name]
         examples = source.build("train", source.instruction)
         train_texts.update(normalized(t) for e in examples for t in (e.query, e.positive, *e.negatives))
-        random.Random(f"{name}:{source_name}").shuffle(examples)
+        rows_of, mined = MINED_MIXES.get(name, (name, ()))
+        random.Random(f"{rows_of}:{source_name}").shuffle(examples)  # a mined mix samples its base mix's rows
         kept = examples if cap is None else examples[:cap]
-        if source_name in MINED_NEGATIVES.get(name, ()):
+        if source_name in mined:
             kept = _with_mined_negatives(kept)
         counts[f"train/{source_name}.jsonl"] = write_jsonl(
             folder / "train" / f"{source_name}.jsonl", (e.to_json() for e in kept)

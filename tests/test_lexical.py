@@ -59,6 +59,7 @@ def test_mined_mix_rows_keep_query_and_positive_and_take_negatives_from_the_wind
         assert normalized_text(example.positive) not in {normalized_text(n) for n in example.negatives}
 
 
-@pytest.mark.parametrize("mix", sorted(prepare.MINED_NEGATIVES))
-def test_mined_datasets_belong_to_their_mix(mix):
-    assert set(prepare.MINED_NEGATIVES[mix]) <= set(prepare.MIXES[mix])
+@pytest.mark.parametrize("mix", sorted(prepare.MINED_MIXES))
+def test_a_mined_mix_is_its_base_mix_with_some_datasets_mined(mix):
+    base, mined = prepare.MINED_MIXES[mix]
+    assert prepare.MIXES[mix] == prepare.MIXES[base] and set(mined) <= set(prepare.MIXES[mix])

@@ -237,9 +237,11 @@ def test_code_truncation_keeps_whole_lines() -> None:
 @pytest.mark.slow
 def test_mined_mix_keeps_the_pairs_and_gives_lexically_harder_negatives(prepared: tuple[dict[str, Path], dict[str, Path]]) -> None:
     mixes = prepared[0]
-    for mix, datasets in prepare.MINED_NEGATIVES.items():
+    for mix, (base, datasets) in prepare.MINED_MIXES.items():
+        for dataset in set(prepare.MIXES[mix]) - set(datasets):  # the rest: the base mix's rows, unchanged
+            assert (mixes[mix] / "train" / f"{dataset}.jsonl").read_bytes() == (mixes[base] / "train" / f"{dataset}.jsonl").read_bytes()
         for dataset in datasets:
-            heuristic = read_examples(mixes["broad"] / "train" / f"{dataset}.jsonl", "echo", dataset=dataset)
+            heuristic = read_examples(mixes[base] / "train" / f"{dataset}.jsonl", "echo", dataset=dataset)
             mined = read_examples(mixes[mix] / "train" / f"{dataset}.jsonl", "echo", dataset=dataset)
             assert [(e.query, e.positive) for e in mined] == [(e.query, e.positive) for e in heuristic]
             encoder = LexicalEncoder([e.positive for e in heuristic])
