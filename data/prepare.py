@@ -153,13 +153,13 @@ MIXES: dict[str, dict[str, int | None]] = {
         "bible-kjv-web": 2000,
     },
 }
-# `broad` with mined negatives where the source's own are weak: a Debian package of the same
-# section, a man page of the same section, mostly unrelated texts.
-MIXES["broad-mined"] = dict(MIXES["broad"])
-# Mined mix -> (the mix whose rows it keeps, the datasets whose negatives it mines).
+# Mined mix -> (the mix whose rows it keeps, the datasets whose negatives it mines). `broad-mined`:
+# `broad` with mined negatives where the source's own are weak (a Debian package of the same
+# section, a man page of the same section: mostly unrelated texts).
 MINED_MIXES: dict[str, tuple[str, tuple[str, ...]]] = {
     "broad-mined": ("broad", ("debian-package-description", "manpage-name-description")),
 }
+MIXES.update({mined: dict(MIXES[base]) for mined, (base, _) in MINED_MIXES.items()})
 # Hardest first, so data.num_negatives=1 trains on the top survivor of ranks 10..100. The
 # duplicate tests only: under a ranker that often scores the positive low (a lexical one here),
 # the margin test drops the whole window (README, "Measured false negatives").

@@ -9,8 +9,22 @@ is deterministic. nDCG uses linear gain (``rel / log2(rank + 1)``), as trec_eval
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
+
+
+def main_metric_mean(scored: Iterable[tuple[Sequence[str], Mapping[str, float]]]) -> float:
+    """The one-number summary of a set of scored tasks: the mean of every (task, main metric) value.
+
+    ``scored`` holds one (main metric names, metrics) pair per task. A task with two main
+    metrics (the toy task's S1 and S2) counts as two values, so a recipe that erases what echo
+    buys on S2 shows in the mean.
+    """
+    values = [metrics[name] for names, metrics in scored for name in names]
+    if not values:
+        raise ValueError("main_metric_mean: no task scores to average")
+    return float(np.mean(values))
 
 
 def _ranked_relevance(scores: np.ndarray, relevance: np.ndarray, k: int | None) -> np.ndarray:

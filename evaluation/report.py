@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # not pyplot: no global figure state, no d
 from matplotlib.ticker import MaxNLocator
 
 from echo_base import atomic_file
+from evaluation.metrics import main_metric_mean
 
 Record = dict[str, Any]
 
@@ -53,7 +54,7 @@ def format_markdown_table(records: list[Record], metrics: list[str] | None = Non
     """One row per (task, metric), one column per label; the best value of each row in bold.
 
     When every record names its main metrics and there are several tasks, a last row holds
-    each label's mean of them (:func:`evaluation.tasks.main_metric_mean`'s summary).
+    each label's mean of them (:func:`evaluation.metrics.main_metric_mean`).
 
     ``metrics`` keeps only the named metrics; missing cells print as an en dash.
     """
@@ -78,7 +79,7 @@ def _main_metric_mean(records: list[Record], label: str) -> float | None:
     own = [record for record in records if record["label"] == label]
     if not own or any(not record.get("main_metrics") for record in own):
         return None
-    return float(np.mean([record["metrics"][name] for record in own for name in record["main_metrics"]]))
+    return main_metric_mean((record["main_metrics"], record["metrics"]) for record in own)
 
 
 def plot_bar_chart(records: list[Record], path: Path, title: str = "", label_name: str = "configuration") -> Figure:

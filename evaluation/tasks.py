@@ -55,19 +55,6 @@ MAIN_METRICS: dict[str, list[str]] = {
     "toy": ["S1", "S2"],
 }
 
-
-def main_metric_mean(scored_tasks: Sequence[tuple[str, dict[str, float]]]) -> float:
-    """The one-number summary of a set of tasks: the mean of every (task, main metric) value.
-
-    ``scored_tasks`` holds (task type, metrics) pairs. The toy task's S1 and S2 count as two
-    values, so a recipe that erases what echo buys on S2 shows in the mean.
-    """
-    values = [metrics[name] for task_type, metrics in scored_tasks for name in MAIN_METRICS[task_type]]
-    if not values:
-        raise ValueError("main_metric_mean: no task scores to average")
-    return float(np.mean(values))
-
-
 # Each task contributes at most this many distractor documents per kept query under max_examples.
 _CORPUS_PER_QUERY = 10
 _SAMPLE_SEED = 0

@@ -9,7 +9,8 @@ import pytest
 from data.formats import write_task
 from evaluation.report import format_markdown_table, write_report
 from evaluation.run import main
-from evaluation.tasks import evaluate_task, main_metric_mean, resolve_tasks
+from evaluation.metrics import main_metric_mean
+from evaluation.tasks import evaluate_task, resolve_tasks
 from models import EchoEncoder
 from models.templates import get_template_set
 
@@ -109,7 +110,7 @@ def test_markdown_table_ends_with_each_labels_mean_of_main_metrics():
                {"label": "b", "task": "r", "metrics": {"ndcg@10": 0.2, "mrr@10": 0.3}, "main_metrics": ["ndcg@10"]},
                {"label": "b", "task": "toy", "metrics": {"S1": 1.0, "S2": 0.0}, "main_metrics": ["S1", "S2"]}]
     assert format_markdown_table(records).splitlines()[-1] == "| mean | main metrics | **0.5000** | 0.4000 |"
-    assert main_metric_mean([("retrieval", records[0]["metrics"]), ("toy", records[1]["metrics"])]) == pytest.approx(0.5)
+    assert main_metric_mean([(["ndcg@10"], records[0]["metrics"]), (["S1", "S2"], records[1]["metrics"])]) == pytest.approx(0.5)
     # One task, or records without main metrics: no mean row.
     assert "| mean |" not in format_markdown_table(records[:1] + records[2:3])
     assert "| mean |" not in format_markdown_table([{**record, "main_metrics": None} for record in records])

@@ -25,7 +25,8 @@ from transformers import get_scheduler
 
 from data.sampler import SingleDatasetBatchSampler
 from echo_base import BadInputError, atomic_file, command_status, storage_errors
-from evaluation.tasks import evaluate_task, load_task_info, main_metric_mean
+from evaluation.metrics import main_metric_mean
+from evaluation.tasks import MAIN_METRICS, evaluate_task, load_task_info
 from models import EchoEncoder
 from models.export import MODEL_CARD_FILE, export_merged, export_spec, model_card
 from models.lora import apply_lora, store_frozen_linear_weights, trainable_state_dict
@@ -171,7 +172,7 @@ def evaluate_final(encoder: EchoEncoder, dev: Path | None, tasks: dict[str, Path
     for task, folder in tasks.items():
         scores = evaluate_task(encoder, folder, max_examples=config.export.eval_max_examples)
         metrics.update({f"eval/{task}/{name}": value for name, value in scores.items()})
-        scored_tasks.append((load_task_info(folder).type, scores))
+        scored_tasks.append((MAIN_METRICS[load_task_info(folder).type], scores))
     if scored_tasks:  # the recipe ablation's criterion (README), and a sweep metric
         metrics["eval/mean"] = main_metric_mean(scored_tasks)
     release_prefetched_parameters(encoder.model)
