@@ -60,6 +60,7 @@ def test_mined_mix_rows_keep_query_and_positive_and_take_negatives_from_the_wind
 
 
 @pytest.mark.parametrize("mix", sorted(prepare.MINED_MIXES))
-def test_a_mined_mix_is_its_base_mix_with_some_datasets_mined(mix):
+def test_a_mined_mix_mines_only_datasets_of_its_base_mix(mix):
+    # Its rows are its base mix's by construction (prepare.MIXES is derived); what it mines must be among them.
     base, mined = prepare.MINED_MIXES[mix]
-    assert prepare.MIXES[mix] == prepare.MIXES[base] and set(mined) <= set(prepare.MIXES[mix])
+    assert mined and set(mined) <= set(prepare.MIXES[base])
