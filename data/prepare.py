@@ -15,9 +15,10 @@ whole (:data:`HELD_OUT_SOURCES`: movie reviews, the Brown corpus, SpamAssassin, 
 FAQ) feed no training dataset.
 
 A mix may be another mix with mined negatives (:data:`MINED_MIXES`): it keeps that mix's
-rows, and in its weak-negative datasets each row keeps query and positive and takes negatives from a lexical ranking of the dataset's own texts
-(:mod:`data.lexical`, a rank window with the false-negative filter of
-:mod:`data.hard_negatives`), in place of the source's heuristic ones.
+rows, and in its weak-negative datasets each row keeps query and positive and takes
+negatives from a lexical ranking of the dataset's own texts (:mod:`data.lexical`, a rank
+window with the false-negative filter of :mod:`data.hard_negatives`), in place of the
+source's heuristic ones.
 
 Run ``python -m data.prepare [--force] [--only training|eval] [--mix NAME]``.
 """
@@ -230,11 +231,11 @@ def _write_training_mix(folder: Path, name: str) -> None:
     counts: dict[str, int] = {}
     dev_examples: dict[str, list[TrainingExample]] = {}
     train_texts: set[str] = set()
+    rows_of, mined = MINED_MIXES.get(name, (name, ()))
     for source_name, cap in MIXES[name].items():
         source = SOURCE_BY_NAME[source_name]
         examples = source.build("train", source.instruction)
         train_texts.update(normalized(t) for e in examples for t in (e.query, e.positive, *e.negatives))
-        rows_of, mined = MINED_MIXES.get(name, (name, ()))
         random.Random(f"{rows_of}:{source_name}").shuffle(examples)  # a mined mix samples its base mix's rows
         kept = examples if cap is None else examples[:cap]
         if source_name in mined:
