@@ -53,6 +53,16 @@ def test_training_lowers_the_loss_and_logs_every_step(run_config, tmp_path):
     assert f"### eval/toy\n\n| metric | value |\n|---|---|\n| S1 | {final['eval/toy/S1']:.4f} |" in card
 
 
+def test_last_token_training_lowers_the_loss(run_config, tmp_path):
+    """Last-token pooling with a trainable EOS learns as mean pooling does: on SmolLM2 it collapses
+    (README, the recipe ablation), and this keeps that from being a fault of the training path."""
+    finetune.main(["--config", str(run_config), "train.max_steps=8", "train.lr=5e-3", "model.max_length=128",
+                   "model.pooling=last", "lora.trainable_eos=true", "export.enabled=false"])
+    losses = _losses(tmp_path / "run")
+    assert all(np.isfinite(list(losses.values())))
+    assert np.mean([losses[7], losses[8]]) < 0.5 * np.mean([losses[1], losses[2]])
+
+
 def test_resume_after_a_crash_equals_the_uninterrupted_run(run_config, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     finetune.main(["--config", str(run_config), f"output_dir={straight}", "train.save_every=2"])
