@@ -150,10 +150,16 @@ def template_set_from_dict(name: str, spec: dict) -> TemplateSet:
 # The paper's wording (PAPER.md, "Prompts in the paper"). Zero-shot sets use the same
 # template for both sides; the fine-tuning sets follow E5's instruction format. The
 # *_compute_matched sets are echo's templates with the text budget shared by the copies.
+# echo_rewrite_instruct is this project's: E5's instruction with the zero-shot "rewrite"
+# wording. Asking for a rewrite makes the model carry the whole meaning into the second copy;
+# zero-shot it keeps more of the end of a text (toy S2 0.903 against 0.837 for echo_instruct
+# on SmolLM2), and fine-tuned it scores higher (README, "The default recipe").
 _FINETUNE_SYMMETRIC = "Retrieve semantically similar text"
 _ECHO_ZERO_SHOT = "Rewrite the following paragraph: {text}. The rewritten paragraph: {pooled_text}"
 _ECHO_INSTRUCT_QUERY = "Instruct: {instruction}\nQuery: {text}\nQuery again: {pooled_text}"
 _ECHO_INSTRUCT_DOCUMENT = "Document: {text}\nDocument again: {pooled_text}"
+_ECHO_REWRITE_QUERY = "Instruct: {instruction}\nRewrite the following query: {text}\nThe rewritten query: {pooled_text}"
+_ECHO_REWRITE_DOCUMENT = "Rewrite the following document: {text}\nThe rewritten document: {pooled_text}"
 BUILTIN_TEMPLATE_SETS: dict[str, TemplateSet] = {
     spec["name"]: template_set_from_dict(spec["name"], spec)
     for spec in [
@@ -184,6 +190,12 @@ BUILTIN_TEMPLATE_SETS: dict[str, TemplateSet] = {
             "document": _ECHO_INSTRUCT_DOCUMENT,
             "default_instruction": _FINETUNE_SYMMETRIC,
             "compute_matched": True,
+        },
+        {
+            "name": "echo_rewrite_instruct",
+            "query": _ECHO_REWRITE_QUERY,
+            "document": _ECHO_REWRITE_DOCUMENT,
+            "default_instruction": _FINETUNE_SYMMETRIC,
         },
         {
             "name": "classical_instruct",

@@ -49,7 +49,7 @@ def _planted_examples(count: int) -> list[TrainingExample]:
 
 def test_mined_mix_rows_keep_query_and_positive_and_take_negatives_from_the_window():
     examples = _planted_examples(40)
-    mined = prepare._with_mined_negatives(examples)
+    mined = prepare._with_mined_negatives(examples, pool_of=examples)
     assert [(e.query, e.positive, e.dataset, e.instruction) for e in mined] == \
         [(e.query, e.positive, e.dataset, e.instruction) for e in examples]
     pool = {text for e in examples for text in (e.positive, *e.negatives)}
@@ -59,8 +59,8 @@ def test_mined_mix_rows_keep_query_and_positive_and_take_negatives_from_the_wind
         assert normalized_text(example.positive) not in {normalized_text(n) for n in example.negatives}
 
 
-@pytest.mark.parametrize("mix", sorted(prepare.MINED_MIXES))
-def test_a_mined_mix_mines_only_datasets_of_its_base_mix(mix):
-    # Its rows are its base mix's by construction (prepare.MIXES is derived); what it mines must be among them.
-    base, mined = prepare.MINED_MIXES[mix]
-    assert mined and set(mined) <= set(prepare.MIXES[base])
+@pytest.mark.parametrize("mix", sorted(prepare.DERIVED_MIXES))
+def test_a_derived_mix_changes_only_datasets_of_its_base_mix(mix):
+    # Its rows are its base mix's by construction (prepare.MIXES is derived); what it changes must be among them.
+    derived = prepare.DERIVED_MIXES[mix]
+    assert derived.mined and set(derived.mined) <= set(prepare.MIXES[derived.base])

@@ -237,7 +237,8 @@ def test_code_truncation_keeps_whole_lines() -> None:
 @pytest.mark.slow
 def test_mined_mix_keeps_the_pairs_and_gives_lexically_harder_negatives(prepared: tuple[dict[str, Path], dict[str, Path]]) -> None:
     mixes = prepared[0]
-    for mix, (base, datasets) in prepare.MINED_MIXES.items():
+    for mix, derived in prepare.DERIVED_MIXES.items():
+        base, datasets = derived.base, derived.mined
         for dataset in set(prepare.MIXES[mix]) - set(datasets):  # the rest: the base mix's rows, unchanged
             assert (mixes[mix] / "train" / f"{dataset}.jsonl").read_bytes() == (mixes[base] / "train" / f"{dataset}.jsonl").read_bytes()
         for dataset in datasets:

@@ -33,7 +33,7 @@ def _text_ids(tokenizer, text):
     return alone if alone == spaced else spaced  # SentencePiece marks the boundary itself
 
 
-@pytest.mark.parametrize("mode", ["echo", "classical", "echo_instruct", "classical_instruct"])
+@pytest.mark.parametrize("mode", ["echo", "classical", "echo_instruct", "echo_rewrite_instruct", "classical_instruct"])
 @pytest.mark.parametrize("kind", ["query", "document"])
 @pytest.mark.parametrize("append_eos", [False, True])
 def test_pooled_span_is_exactly_the_text(smollm2_tokenizer, mode, kind, append_eos):
@@ -66,8 +66,11 @@ def test_bos_is_added_exactly_as_the_tokenizer_adds_it(smollm2_tokenizer):
     assert smollm2_tokenizer.bos_token_id not in prompt.input_ids  # SmolLM2's tokenizer adds no BOS
 
 
-@pytest.mark.parametrize("mode", ["echo", "echo_instruct"])
-@pytest.mark.parametrize("max_length", [48, 61, 80])
+@pytest.mark.parametrize(
+    ("mode", "max_length"),
+    [(mode, length) for mode in ("echo", "echo_instruct") for length in (48, 61, 80)]
+    + [("echo_rewrite_instruct", length) for length in (61, 80, 96)],  # a longer template: 48 leaves no text
+)
 def test_truncation_keeps_the_copies_identical_and_within_budget(smollm2_tokenizer, mode, max_length):
     long_text = " ".join(["the river runs past the old mill and under the stone bridge"] * 10)
     for tokenizer in _tokenizers(smollm2_tokenizer).values():
