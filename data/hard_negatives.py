@@ -8,7 +8,7 @@ The rule, for each training example (query ``q``, positive ``p``):
 
 1. **Candidates**: the pool (by default every positive and negative of the input file, else a
    corpus), less the texts known not to be negatives: ``q`` itself and every positive the
-   file gives ``q`` (the same text exactly).
+   file (or the known pairs given beside it) gives ``q`` (the same text exactly).
 2. **Ranking**: by cosine ``s(q, c)``, ``q`` embedded as a query (with its instruction) and
    ``c`` as a document; rank 1 is the most similar candidate.
 3. **Filter** (likely false negatives, on unless switched off): a candidate is dropped when
@@ -122,10 +122,14 @@ def mine_hard_negatives(
     encode: Encode,
     rule: MiningRule,
     corpus: Sequence[str] | None = None,
+    known_pairs: Sequence[TrainingExample] = (),
 ) -> tuple[list[TrainingExample], MiningStats]:
     """Replace each example's negatives with mined ones (module docstring); returns them and what was done.
 
     ``corpus`` is the candidate pool; None pools every positive and negative of ``examples``.
+    ``known_pairs`` are further rows whose positives count as positives of their query (the rest
+    of a split that ``examples`` were sampled from, when ``corpus`` holds its texts): they are
+    never offered to that query as negatives, and the duplicate tests compare against them.
     Examples keep their order, query, positive, instruction and dataset.
     """
     pool = list(dict.fromkeys(corpus if corpus is not None else
@@ -135,7 +139,7 @@ def mine_hard_negatives(
     texts = pool + [text for text in dict.fromkeys(example.positive for example in examples) if text not in in_pool]
     index_of = {text: index for index, text in enumerate(texts)}
     positives_of: dict[str, set[str]] = {}
-    for example in examples:
+    for example in (*examples, *known_pairs):
         positives_of.setdefault(example.query, set()).add(example.positive)
 
     query_keys = list(dict.fromkeys((example.query, example.instruction) for example in examples))

@@ -288,11 +288,12 @@ def _with_mined_negatives(examples: list[TrainingExample], pool_of: list[Trainin
     """The examples with negatives mined by a lexical ranking (:data:`MIX_MINING_RULE`) of ``pool_of``'s texts.
 
     ``pool_of`` is the dataset's whole train split, not only the rows a capped mix keeps: a
-    larger pool holds harder negatives.
+    larger pool holds harder negatives. Its rows are known pairs too, so a query that recurs in
+    a row the mix drops (a repeated verse) is never given that row's positive as a negative.
     """
     pool = list(dict.fromkeys(text for example in pool_of for text in (example.positive, *example.negatives)))
     mined, _ = mine_hard_negatives(examples, LexicalEncoder(pool + [example.query for example in pool_of]),
-                                   MIX_MINING_RULE, corpus=pool)
+                                   MIX_MINING_RULE, corpus=pool, known_pairs=pool_of)
     return mined
 
 

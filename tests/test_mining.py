@@ -113,6 +113,17 @@ def test_a_corpus_is_the_pool_and_a_positive_outside_it_is_scored_but_never_a_ne
     assert scorer.calls == [("query", 1), ("document", 3)]  # the corpus and the positive
 
 
+def test_a_known_pairs_positive_is_never_a_negative_of_its_query():
+    # "q" recurs in a row that was not sampled, with positive "p2": that text is a positive, not a negative.
+    scores = {"q": {"p": 0.9, "p2": 0.8, "c": 0.5}}
+    rule = MiningRule(1, 5, 5, margin=None)
+    (unknown,), _ = mine_hard_negatives([_example("q", "p", ())], SetScorer(scores), rule, corpus=["p2", "c"])
+    assert unknown.negatives == ("p2", "c")
+    (known,), _ = mine_hard_negatives([_example("q", "p", ())], SetScorer(scores), rule, corpus=["p2", "c"],
+                                      known_pairs=[_example("q", "p2", ())])
+    assert known.negatives == ("c",)
+
+
 def _planted_synthetic_set():
     """20 queries: positive 0.9, planted copy 0.95, near copy 0.88, paraphrase 0.87, true hard negatives 0.6-0.8."""
     examples, paraphrase_of, scores = [], {}, {}
